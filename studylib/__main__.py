@@ -1,0 +1,5 @@
+import sys
+
+from studylib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""Command line: `studylib sweep | train | report | ui` (also `python -m studylib`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from studylib.config import ConfigError, Settings, load_experiment, parse_assignment
+
+EXIT_BAD_INPUT = 2
+DEFAULTS = Settings()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"studylib: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("studylib: interrupted; the current trial was closed as KILLED", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studylib",
+        description="Study how dropout, L1, L2 / weight decay and early stopping change overfitting.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sweep = commands.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment")
+    sweep.add_argument("experiment", type=Path, help="experiment file, e.g. experiments/default.toml")
+    sweep.add_argument("--trials", type=_positive_int, help="total trials of the study (resumes count)")
+    _add_backend_args(sweep)
+    sweep.add_argument(
+        "--storage",
+        default=DEFAULTS.storage,
+        help=f"Optuna storage: a journal file path or a database URL (default {DEFAULTS.storage})",
+    )
+    sweep.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
+    sweep.add_argument(
+        "--seed", type=_nonnegative_int, help="override the experiment's seed (a study of its own)"
+    )
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    train = commands.add_parser("train", help="one run with fixed values, logged like a trial")
+    train.add_argument("experiment", type=Path)
+    train.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set train.lr=0.01 --set model.hidden=[64]",
+    )
+    _add_backend_args(train)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
+    train.set_defaults(handler=cmd_train)
+
+    report = commands.add_parser("report", help="write the comparison report from MLflow")
+    report.add_argument("--experiment", help="MLflow experiment (study) name; default: all")
+    report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
+    _add_backend_args(report)
+    report.set_defaults(handler=cmd_report)
+
+    ui = commands.add_parser("ui", help="the MLflow UI over the same backend, on 127.0.0.1")
+    _add_backend_args(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
+    return parser
+
+
+def _add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=DEFAULTS.tracking_uri,
+        help=f"MLflow tracking URI (default {DEFAULTS.tracking_uri})",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Fail before any training when results could not be written."""
+    folder = folder.resolve()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {folder}: folder is not writable")
+
+
+def _check_backends(settings: Settings) -> None:
+    if settings.tracking_uri.startswith("sqlite:///"):
+        db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+        check_writable_folder(db.parent, "--tracking-uri")
+        check_writable_folder(settings.artifact_root.parent, "MLflow artifacts")
+    if "://" not in settings.storage:
+        check_writable_folder(Path(settings.storage).parent, "--storage")
+    check_writable_folder(settings.cache_dir.parent, "data cache")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from studylib.sweep import run_sweep
+
+    exp = load_experiment(args.experiment)
+    if args.seed is not None and args.seed != exp.seed:
+        # Another seed is another split: its trials must not mix with the file's seed.
+        exp = exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+    settings = replace(
+        DEFAULTS,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    _check_backends(settings)
+    summary = run_sweep(exp, settings, trials=args.trials)
+    print(
+        f"study {summary.study_name}: {summary.trials_done} trials "
+        f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
+        + (
+            f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
+            if summary.best_value is not None
+            else "no trial completed"
+        )
+    )
+    print(f"MLflow: {settings.tracking_uri} (make ui); report: make report")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from studylib.sweep import run_single
+
+    overrides = dict(parse_assignment(text) for text in args.assignments)
+    exp = load_experiment(args.experiment, overrides)
+    settings = replace(DEFAULTS, tracking_uri=args.tracking_uri, device=args.device)
+    _check_backends(settings)
+    outcome = run_single(exp, settings)
+    result = outcome.result
+    if outcome.status == "diverged" or result is None:
+        print(f"run {outcome.run_id}: diverged: {result.reason if result else ''}")
+        return 1
+    final = result.final
+    print(
+        f"run {outcome.run_id}: {result.status} at epoch {result.stopped_epoch}, "
+        f"kept epoch {result.selected_epoch}: val/acc {final['selected_val_acc']:.4f}, "
+        f"test/acc {final['test_acc']:.4f}"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from studylib.report import write_reports
+
+    check_writable_folder(args.out, "--out")
+    written = write_reports(args.tracking_uri, args.out, args.experiment)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        args.tracking_uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Data: MNIST-1D generated offline, split train / validation / test, kept on the device.
+
+Discipline: validation is carved from the generated training split with the run's seed and
+drives early stopping and Optuna; the test split is scored once per run, on the selected
+checkpoint. The overfitting knobs (fewer training examples, label noise) touch only the
+training split, so validation and test stay clean measures of generalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from studylib.config import ConfigError, DataConfig
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Splits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device) -> Splits:
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
+        return Splits(**moved, num_classes=self.num_classes)
+
+
+def mnist1d_arrays(cfg: DataConfig, cache_dir: Path) -> dict[str, np.ndarray]:
+    """The generated data set (train and test), from the disk cache when it was made before."""
+    recipe = {
+        "num_train": cfg.num_train,
+        "num_test": cfg.num_test,
+        "length": cfg.length,
+        "seed": cfg.generation_seed,
+        "shuffle_seq": cfg.shuffle_seq,
+        "version": 1,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"mnist1d-{key}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            return dict(cached)
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    total = cfg.num_train + cfg.num_test
+    args.num_samples = -(-total // NUM_CLASSES) * NUM_CLASSES  # whole examples per class
+    args.train_split = 1.0
+    args.final_seq_length = cfg.length
+    args.seed = cfg.generation_seed
+    args.shuffle_seq = cfg.shuffle_seq
+    # make_dataset reseeds the global `random` and numpy generators: put them back afterwards.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        made = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    x, y = made["x"].astype(np.float32), made["y"].astype(np.int64)
+    arrays = {
+        "x": x[: cfg.num_train],
+        "y": y[: cfg.num_train],
+        "x_test": x[cfg.num_train : total],
+        "y_test": y[cfg.num_train : total],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: parallel workers never read a half-written file
+    return arrays
+
+
+def load_splits(cfg: DataConfig, seed: int, cache_dir: Path) -> Splits:
+    """Seeded train / validation split of the generated training set, plus the test set."""
+    arrays = mnist1d_arrays(cfg, cache_dir)
+    x, y = arrays["x"], arrays["y"]
+    # Independent streams, so changing the noise level never changes which examples are val.
+    split_rng = np.random.default_rng([seed, 0])
+    noise_rng = np.random.default_rng([seed, 1])
+
+    order = split_rng.permutation(len(y))
+    num_val = round(cfg.val_fraction * len(y))
+    val_idx, train_idx = order[:num_val], order[num_val:]
+    if cfg.train_examples is not None:
+        if cfg.train_examples > len(train_idx):
+            raise ConfigError(
+                f"data.train_examples = {cfg.train_examples}: only {len(train_idx)} training "
+                f"examples remain after the validation split; allowed 1..{len(train_idx)}"
+            )
+        train_idx = train_idx[: cfg.train_examples]
+
+    y_train = y[train_idx].copy()
+    num_noisy = round(cfg.label_noise * len(y_train))
+    if num_noisy:
+        noisy = noise_rng.choice(len(y_train), size=num_noisy, replace=False)
+        shift = noise_rng.integers(1, NUM_CLASSES, size=num_noisy)  # never the true class
+        y_train[noisy] = (y_train[noisy] + shift) % NUM_CLASSES
+
+    return Splits(
+        x_train=torch.from_numpy(x[train_idx]),
+        y_train=torch.from_numpy(y_train),
+        x_val=torch.from_numpy(x[val_idx]),
+        y_val=torch.from_numpy(y[val_idx]),
+        x_test=torch.from_numpy(arrays["x_test"]),
+        y_test=torch.from_numpy(arrays["y_test"]),
+        num_classes=NUM_CLASSES,
+    )

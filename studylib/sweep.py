@@ -1,0 +1,348 @@
+"""Sweep: an Optuna study over the regularizers, every trial a child run in MLflow.
+
+The search space is `suggest` below; the objective is the validation loss of the weights a
+trial keeps (the best epoch's with early stopping, the last epoch's without). Trial 0 is the
+unregularized baseline. The study lives in Optuna storage and resumes: a second `sweep` adds
+trials until the requested total is reached.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from studylib.config import REGULARIZER_OFF, SEARCHABLE, Experiment, SearchRange, Settings
+from studylib.data import Splits, load_splits
+from studylib.models import build_model
+from studylib.tracking import (
+    REASON_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    Run,
+    Tracker,
+    environment_tags,
+)
+from studylib.train import TrainResult, fit, resolve_device
+
+BASELINE_ATTR = "baseline"
+DIVERGED_ATTR = "diverged"
+# Finished trials that count toward the requested total. A FAIL without the diverged mark
+# (a crash, a killed worker) does not count, so a resumed sweep runs it again.
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_storage(url_or_path: str) -> optuna.storages.BaseStorage:
+    """A database URL gives Optuna's RDB storage; anything else is a journal file path."""
+    if "://" in url_or_path:
+        return optuna.storages.RDBStorage(url_or_path)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(url_or_path))
+
+
+def suggest(trial: optuna.Trial, search: dict[str, SearchRange]) -> dict[str, Any]:
+    """Config values for one trial: `{"model.dropout": 0.2, "train.l1": 0.0, ...}`."""
+    values: dict[str, Any] = {}
+    for name, rng in search.items():
+        if name == "patience":
+            value: Any = trial.suggest_int(name, int(rng.low), int(rng.high), log=rng.log)
+        else:
+            value = trial.suggest_float(name, rng.low, rng.high, log=rng.log)
+        # With allow_zero both params are always suggested, so importance sees both.
+        if rng.allow_zero and not trial.suggest_categorical(f"{name}_on", [True, False]):
+            value = REGULARIZER_OFF[name]
+        values[SEARCHABLE[name]] = value
+    return values
+
+
+def baseline_params(exp: Experiment) -> dict[str, Any]:
+    """Optuna params that make trial 0 the unregularized baseline."""
+    params: dict[str, Any] = {}
+    for name, rng in exp.sweep.search.items():
+        if name in REGULARIZER_OFF:
+            if rng.allow_zero:
+                params[f"{name}_on"] = False
+                params[name] = rng.low
+            else:
+                params[name] = max(rng.low, REGULARIZER_OFF[name])
+        elif name == "patience":
+            params[name] = int(rng.high)  # unused: the baseline trains without early stopping
+        else:  # a nuisance hyperparameter: the experiment's fixed value, kept inside the range
+            current = float(_get(exp, SEARCHABLE[name]))
+            params[name] = min(max(current, rng.low), rng.high)
+    return params
+
+
+def baseline_values(exp: Experiment) -> dict[str, Any]:
+    """Config values of the baseline: every regularizer off, no early stopping."""
+    values: dict[str, Any] = {SEARCHABLE[name]: off for name, off in REGULARIZER_OFF.items()}
+    values["train.early_stopping"] = False
+    return values
+
+
+def _get(exp: Experiment, dotted: str) -> Any:
+    node: Any = exp
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@dataclass
+class TrialOutcome:
+    result: TrainResult | None
+    status: str  # completed, early_stopped, pruned, diverged
+    run_id: str
+
+
+def run_trial(
+    exp: Experiment,
+    splits: Splits,
+    tracker: Tracker,
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    parent_id: str | None = None,
+    trial: optuna.Trial | None = None,
+    progress: Progress | None = None,
+) -> TrialOutcome:
+    """Train one configuration and record it as one MLflow run.
+
+    With an Optuna `trial`, per-epoch validation loss is reported for pruning; a pruned trial
+    raises `optuna.TrialPruned` after its run is closed.
+    """
+    device = splits.x_train.device
+    torch.manual_seed(exp.seed)  # init and dropout masks
+    model = build_model(exp.model, splits.input_shape, splits.num_classes).to(device)
+    run = tracker.start_run(
+        run_name,
+        tags={
+            **tags,
+            **environment_tags(),
+            "studylib.arch": exp.model.arch,
+            "studylib.dataset": exp.data.name,
+            "studylib.seed": str(exp.seed),
+            "studylib.device": str(device),
+        },
+        parent_id=parent_id,
+    )
+    run.log_params(exp.flat())
+    run.log_params({"model.parameters": sum(p.numel() for p in model.parameters())})
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        run.log_epoch(epoch, metrics)
+        if progress is not None:
+            progress.epoch(epoch, exp.train.max_epochs)
+        if trial is not None:
+            trial.report(metrics["val/loss"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val/loss {metrics['val/loss']:.4f}")
+
+    try:
+        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch)
+    except optuna.TrialPruned as pruned:
+        run.set_tags({STATUS_TAG: "pruned", REASON_TAG: str(pruned)})
+        run.finish("FINISHED")
+        raise
+    except KeyboardInterrupt:
+        run.set_tags({STATUS_TAG: "killed", REASON_TAG: "interrupted by the user"})
+        run.finish("KILLED")
+        raise
+    except Exception as exc:
+        run.set_tags({STATUS_TAG: "crashed", REASON_TAG: f"{type(exc).__name__}: {exc}"})
+        run.finish("FAILED")
+        raise
+
+    if result.status == "diverged" and result.history:
+        run.log_epoch(len(result.history), result.history[-1])  # the finite part of that epoch
+    run.set_tags({STATUS_TAG: result.status, REASON_TAG: result.reason})
+    if result.status == "diverged":
+        run.finish("FAILED")
+        return TrialOutcome(result, result.status, run.run_id)
+    run.log_metrics(result.final)
+    run.log_json("config.json", exp.model_dump(mode="json"))
+    if result.state_dict is not None:
+        run.log_state_dict(result.state_dict)
+    run.finish("FINISHED")
+    return TrialOutcome(result, result.status, run.run_id)
+
+
+class Progress:
+    """Trials done of total, best value so far, and the current trial's epoch."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=done, unit="trial", disable=not enabled, leave=True)
+        self.best = math.inf
+        self._trial = -1
+        self._shown = 0.0
+
+    def start_trial(self, number: int) -> None:
+        self._trial = number
+
+    def epoch(self, epoch: int, max_epochs: int) -> None:
+        now = time.monotonic()
+        if now - self._shown > 0.5:
+            self._shown = now
+            best = f"{self.best:.4f}" if math.isfinite(self.best) else "-"
+            self.bar.set_postfix_str(
+                f"best val/loss {best} | trial {self._trial} epoch {epoch}/{max_epochs}"
+            )
+
+    def finish_trial(self, value: float | None) -> None:
+        if value is not None and value < self.best:
+            self.best = value
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class SweepSummary:
+    study_name: str
+    parent_run_id: str
+    trials_done: int
+    trials_run: int
+    best_value: float | None
+    best_trial: int | None
+    seconds: float
+
+
+def counted_trials(study: optuna.Study) -> int:
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in DONE_STATES or (t.state == TrialState.FAIL and t.user_attrs.get(DIVERGED_ATTR))
+    )
+
+
+def open_study(exp: Experiment, settings: Settings) -> optuna.Study:
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if exp.sweep.pruner.enabled:
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=exp.sweep.pruner.startup_trials,
+            n_warmup_steps=exp.sweep.pruner.warmup_epochs,
+        )
+    study = optuna.create_study(
+        study_name=exp.name,
+        storage=make_storage(settings.storage),
+        direction="minimize",
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    # A fixed seed would replay the same parameters after a resume: offset it by the trials
+    # the study already holds, so a resumed sweep explores on and stays reproducible.
+    study.sampler = optuna.samplers.TPESampler(seed=exp.seed + len(study.trials))
+    return study
+
+
+def run_sweep(exp: Experiment, settings: Settings, trials: int | None = None) -> SweepSummary:
+    """Run the study until it holds `trials` (default: the experiment's) counted trials."""
+    started = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    total = trials if trials is not None else exp.sweep.trials
+    device = resolve_device(settings.device)
+    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+    study = open_study(exp, settings)
+    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+
+    if exp.sweep.baseline and not study.trials:
+        study.enqueue_trial(baseline_params(exp), user_attrs={BASELINE_ATTR: True})
+
+    done = counted_trials(study)
+    parent = tracker.start_run(
+        f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={ROLE_TAG: "sweep", STUDY_TAG: exp.name, **environment_tags()},
+    )
+    parent.log_params(exp.flat())
+    progress = Progress(total, min(done, total), settings.progress)
+    if study.best_trials:
+        progress.best = study.best_value
+
+    def objective(trial: optuna.Trial) -> float:
+        progress.start_trial(trial.number)
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        values = suggest(trial, exp.sweep.search)
+        if is_baseline:
+            values.update(baseline_values(exp))
+        cfg = exp.with_values(values)
+        tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
+        if is_baseline:
+            tags["studylib.baseline"] = "true"
+        name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
+        try:
+            outcome = run_trial(
+                cfg,
+                splits,
+                tracker,
+                run_name=name,
+                tags=tags,
+                parent_id=parent.run_id,
+                trial=trial,
+                progress=progress,
+            )
+        except optuna.TrialPruned:
+            progress.finish_trial(None)
+            raise
+        trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        assert outcome.result is not None
+        if outcome.status == "diverged":
+            trial.set_user_attr(DIVERGED_ATTR, outcome.result.reason)
+            progress.finish_trial(None)
+            return math.nan  # Optuna records a NaN objective as a failed trial
+        value = outcome.result.final["selected_val_loss"]
+        for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
+            trial.set_user_attr(key, outcome.result.final[key])
+        progress.finish_trial(value)
+        return value
+
+    status = "FINISHED"
+    try:
+        while counted_trials(study) < total:
+            study.optimize(objective, n_trials=total - counted_trials(study))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        progress.close()
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        summary = SweepSummary(
+            study_name=exp.name,
+            parent_run_id=parent.run_id,
+            trials_done=counted_trials(study),
+            trials_run=counted_trials(study) - done,
+            best_value=study.best_value if finished else None,
+            best_trial=study.best_trial.number if finished else None,
+            seconds=time.monotonic() - started,
+        )
+        parent.log_metrics({"trials_done": summary.trials_done, "trials_run": summary.trials_run})
+        if summary.best_value is not None:
+            parent.log_metrics({"best_value": summary.best_value})
+            parent.set_tags({"studylib.best_trial": summary.best_trial})
+        parent.finish(status)
+    return summary
+
+
+def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
+    """`studylib train`: one run with the experiment's fixed values, logged like a trial."""
+    device = resolve_device(settings.device)
+    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+    return run_trial(
+        exp,
+        splits,
+        tracker,
+        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
+    )

@@ -1,0 +1,226 @@
+"""Training: one device-agnostic loop with the study's regularizers and early stopping.
+
+Regularizers (lecture notes, "Weight regularization" and "Dropout layer"):
+- L1 penalty  l1 * sum |w|    and  L2 penalty  l2 * sum w^2,  added to the loss;
+- decoupled weight decay  w <- w - lr * weight_decay * w,  applied before each optimizer step
+  (the rule of torch.optim.AdamW, applied the same way for every optimizer, so `weight_decay`
+  never passes through Adam's moment estimates and stays distinct from the L2 penalty);
+- dropout lives in the model;
+- early stopping on validation loss, restoring the best weights.
+Penalties and decay act on weight matrices and kernels only (parameters with two or more
+dimensions): biases and normalization scales are left alone, as is customary, because they
+do not scale a unit's input and shrinking them does not simplify the function.
+
+Speed: the data are tensors on the device; batches are index slices of a random permutation;
+per-epoch figures accumulate on the device and are read back once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from studylib.config import TrainConfig
+from studylib.data import Splits
+
+SPARSITY_THRESHOLD = 1e-3  # |w| below this counts as zero in `weights/sparsity`
+EVAL_BATCH = 8192
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]  # one dict of metrics per epoch, epoch 1 first
+    best_epoch: int  # epoch of the lowest validation loss (0 if none was finite)
+    stopped_epoch: int  # last epoch trained
+    selected_epoch: int  # whose weights were kept: best_epoch with early stopping, else last
+    status: str  # "completed", "early_stopped" or "diverged"
+    reason: str
+    final: dict[str, float] = field(default_factory=dict)  # metrics of the kept weights
+    state_dict: dict[str, torch.Tensor] | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+def decay_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Weight matrices and kernels: what the penalties and weight decay act on."""
+    return [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+
+
+def penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
+    """l1 * sum |w| + l2 * sum w^2, fused over all weight tensors (no per-parameter loop)."""
+    total = weights[0].new_zeros(())
+    if l1:
+        total = total + l1 * torch.stack(torch._foreach_norm(weights, 1)).sum()
+    if l2:
+        total = total + l2 * torch.stack(torch._foreach_norm(weights, 2)).square().sum()
+    return total
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # weight_decay is applied by `fit` itself (decoupled), so every optimizer gets 0 here.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(mean cross-entropy, accuracy) as one device tensor of shape (2,); eval mode, no penalty.
+
+    The same function scores train, validation and test, so their gap compares like with like.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = x.new_zeros((), dtype=torch.float32)
+    correct = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(y), EVAL_BATCH):
+        logits = model(x[start : start + EVAL_BATCH]).float()
+        target = y[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train(was_training)
+    return torch.stack([loss_sum, correct]) / len(y)
+
+
+@torch.no_grad()
+def weight_stats(weights: list[torch.Tensor]) -> torch.Tensor:
+    """(global L2 norm, fraction of |w| below SPARSITY_THRESHOLD) as one device tensor."""
+    norm = torch.stack(torch._foreach_norm(weights, 2)).square().sum().sqrt()
+    small = sum((w.abs() < SPARSITY_THRESHOLD).sum() for w in weights)
+    count = sum(w.numel() for w in weights)
+    return torch.stack([norm, small / count])
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train `model` (already on the splits' device) and score the kept weights on test once.
+
+    `on_epoch(epoch, metrics)` sees each epoch's figures; it may raise (optuna.TrialPruned, say)
+    to end training early, and the exception propagates after the loop stops.
+    Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
+    """
+    device = splits.x_train.device
+    order = torch.Generator(device=device).manual_seed(seed)
+    optimizer = make_optimizer(cfg, model)
+    weights = decay_parameters(model)
+    decay_factor = 1.0 - cfg.lr * cfg.weight_decay
+    n = len(splits.y_train)
+
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    since_best = 0
+    status, reason = "completed", f"trained all {cfg.max_epochs} epochs"
+
+    model.train()
+    for epoch in range(1, cfg.max_epochs + 1):
+        objective_sum = splits.x_train.new_zeros((), dtype=torch.float32)
+        perm = torch.randperm(n, device=device, generator=order)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            logits = model(splits.x_train[idx])
+            loss = F.cross_entropy(logits, splits.y_train[idx])
+            if cfg.l1 or cfg.l2:
+                loss = loss + penalty(weights, cfg.l1, cfg.l2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.weight_decay:
+                with torch.no_grad():
+                    torch._foreach_mul_(weights, decay_factor)
+            optimizer.step()
+            objective_sum += loss.detach() * len(idx)
+
+        # One host sync per epoch: every figure is computed on the device, then read at once.
+        figures = torch.cat(
+            [
+                (objective_sum / n).reshape(1),
+                evaluate(model, splits.x_train, splits.y_train),
+                evaluate(model, splits.x_val, splits.y_val),
+                weight_stats(weights),
+            ]
+        ).tolist()
+        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures
+        metrics = {
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "val/loss": val_loss,
+            "val/acc": val_acc,
+            "gap/loss": val_loss - train_loss,
+            "gap/acc": train_acc - val_acc,
+            "train/objective": objective,
+            "weights/l2_norm": norm,
+            "weights/sparsity": sparsity,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
+            status, reason = "diverged", f"non-finite loss at epoch {epoch} (objective {objective})"
+            history.append({k: v for k, v in metrics.items() if math.isfinite(v)})
+            break
+        history.append(metrics)
+
+        if val_loss < best_loss - cfg.min_delta:
+            best_loss, best_epoch, since_best = val_loss, epoch, 0
+            if cfg.early_stopping:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if cfg.early_stopping and since_best >= cfg.patience:
+            status = "early_stopped"
+            reason = f"no val/loss improvement > {cfg.min_delta} for {cfg.patience} epochs"
+            break
+
+    stopped_epoch = len(history)
+    result = TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        stopped_epoch=stopped_epoch,
+        selected_epoch=best_epoch if cfg.early_stopping else stopped_epoch,
+        status=status,
+        reason=reason,
+    )
+    if status == "diverged":
+        return result
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    # The only time the test split is touched: the kept weights, scored once.
+    test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test).tolist()
+    kept = history[result.selected_epoch - 1]
+    result.final = {
+        "best_epoch": best_epoch,
+        "stopped_epoch": stopped_epoch,
+        "selected_epoch": result.selected_epoch,
+        "best_val_loss": best_loss,
+        "best_val_acc": history[best_epoch - 1]["val/acc"],
+        "selected_val_loss": kept["val/loss"],
+        "selected_val_acc": kept["val/acc"],
+        "selected_train_loss": kept["train/loss"],
+        "selected_train_acc": kept["train/acc"],
+        "gap_loss": kept["gap/loss"],
+        "gap_acc": kept["gap/acc"],
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+    }
+    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return result
