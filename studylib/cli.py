@@ -30,13 +30,17 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studylib",
-        description="Study how dropout, L1, L2 / weight decay and early stopping change overfitting.",
+        description="How dropout, L1, L2 / weight decay and early stopping change overfitting.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sweep = commands.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment")
-    sweep.add_argument("experiment", type=Path, help="experiment file, e.g. experiments/default.toml")
-    sweep.add_argument("--trials", type=_positive_int, help="total trials of the study (resumes count)")
+    sweep.add_argument(
+        "experiment", type=Path, help="experiment file, e.g. experiments/default.toml"
+    )
+    sweep.add_argument(
+        "--trials", type=_positive_int, help="total trials of the study (resumes count)"
+    )
     _add_backend_args(sweep)
     sweep.add_argument(
         "--storage",

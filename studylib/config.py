@@ -103,14 +103,20 @@ class SweepConfig(Frozen):
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
         if "dropout" in self.search and self.search["dropout"].high >= 1:
-            raise ValueError(f"search.dropout.high must be below 1, got {self.search['dropout'].high}")
+            raise ValueError(
+                f"search.dropout.high must be below 1, got {self.search['dropout'].high}"
+            )
         if "patience" in self.search:
             rng = self.search["patience"]
             if rng.low < 1 or rng.low != int(rng.low) or rng.high != int(rng.high):
-                raise ValueError(f"search.patience needs whole numbers >= 1, got {rng.low}..{rng.high}")
+                raise ValueError(
+                    f"search.patience needs whole numbers >= 1, got {rng.low}..{rng.high}"
+                )
         for name, rng in self.search.items():
             if rng.allow_zero and name not in REGULARIZER_OFF:
-                raise ValueError(f"search.{name}.allow_zero: only {sorted(REGULARIZER_OFF)} can be 0")
+                raise ValueError(
+                    f"search.{name}.allow_zero: only {sorted(REGULARIZER_OFF)} can be 0"
+                )
             if name in REGULARIZER_OFF and rng.low < 0:
                 raise ValueError(f"search.{name}.low must be >= 0, got {rng.low}")
         return self

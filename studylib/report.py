@@ -136,9 +136,17 @@ def _param(name: str) -> str:
 
 def plot_curves(curves: pd.DataFrame, baseline, best, path: Path) -> Figure:
     sns.set_theme(style="whitegrid", context="notebook")
-    panels = [(run, title) for run, title in ((baseline, "baseline (no regularization)"),
-                                               (best, f"best trial {best['trial']}")) if run is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), sharey=True, squeeze=False)
+    panels = [
+        (run, title)
+        for run, title in (
+            (baseline, "baseline (no regularization)"),
+            (best, f"best trial {best['trial']}"),
+        )
+        if run is not None
+    ]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4), sharey=True, squeeze=False
+    )
     for ax, (run, title) in zip(axes[0], panels, strict=True):
         mine = curves[curves["run_id"] == run["run_id"]]
         for key, color in (("train/loss", "tab:blue"), ("val/loss", "tab:orange")):
@@ -148,8 +156,12 @@ def plot_curves(curves: pd.DataFrame, baseline, best, path: Path) -> Figure:
         ax.axvline(kept, color="black", linestyle="--", linewidth=1, label=f"kept epoch {kept}")
         stopped = int(run["metrics.stopped_epoch"])
         if run[STATUS_TAG] == "early_stopped":
-            ax.axvline(stopped, color="grey", linestyle=":", linewidth=1, label=f"stopped {stopped}")
-        ax.set_title(f"{title}\ntest acc {run['metrics.test_acc']:.3f}, gap {run['metrics.gap_loss']:.3f}")
+            ax.axvline(
+                stopped, color="grey", linestyle=":", linewidth=1, label=f"stopped {stopped}"
+            )
+        ax.set_title(
+            f"{title}\ntest acc {run['metrics.test_acc']:.3f}, gap {run['metrics.gap_loss']:.3f}"
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel("cross-entropy")
         ax.legend(fontsize=8)
@@ -166,8 +178,9 @@ def plot_curves(curves: pd.DataFrame, baseline, best, path: Path) -> Figure:
 
 def plot_hparams(finished: pd.DataFrame, swept: list[str], path: Path) -> Figure:
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, max(1, len(swept)), figsize=(4 * max(1, len(swept)), 3.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(swept)), figsize=(4 * max(1, len(swept)), 3.6), sharey=True, squeeze=False
+    )
     search = json.loads(finished["params.sweep.search"].dropna().iloc[0])
     for ax, name in zip(axes[0], swept, strict=False):
         # The baseline is drawn apart: its values are the "off" settings, not samples.
@@ -183,14 +196,25 @@ def plot_hparams(finished: pd.DataFrame, swept: list[str], path: Path) -> Figure
             on = x > 0
             ax.scatter(x[on], y[on], s=22, alpha=0.8)
             if (~on).any():
-                ax.scatter([off_at] * int((~on).sum()), y[~on], s=22, marker="x", color="tab:red",
-                           label="off (0)")
+                ax.scatter(
+                    [off_at] * int((~on).sum()),
+                    y[~on],
+                    s=22,
+                    marker="x",
+                    color="tab:red",
+                    label="off (0)",
+                )
                 ax.legend(fontsize=8)
         else:
             ax.scatter(x, y, s=22, alpha=0.8)
         if not base.empty:
-            ax.axhline(base["metrics.selected_val_loss"].iloc[0], color="black", linestyle="--",
-                       linewidth=1, label="baseline")
+            ax.axhline(
+                base["metrics.selected_val_loss"].iloc[0],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="baseline",
+            )
             ax.legend(fontsize=8)
         ax.set_xlabel(SEARCHABLE[name])
     axes[0][0].set_ylabel("val loss of kept weights (log)")
@@ -210,14 +234,16 @@ def plot_hparams(finished: pd.DataFrame, swept: list[str], path: Path) -> Figure
 def trial_table(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
     columns = {"trial": "trial", STATUS_TAG: "status"}
     columns.update({_param(name): name for name in swept})
-    columns.update({
-        "metrics.best_epoch": "best epoch",
-        "metrics.stopped_epoch": "stopped",
-        "metrics.selected_val_loss": "val loss",
-        "metrics.selected_val_acc": "val acc",
-        "metrics.gap_loss": "gap (loss)",
-        "metrics.test_acc": "test acc",
-    })
+    columns.update(
+        {
+            "metrics.best_epoch": "best epoch",
+            "metrics.stopped_epoch": "stopped",
+            "metrics.selected_val_loss": "val loss",
+            "metrics.selected_val_acc": "val acc",
+            "metrics.gap_loss": "gap (loss)",
+            "metrics.test_acc": "test acc",
+        }
+    )
     present = {k: v for k, v in columns.items() if k in runs.columns}
     table = runs[list(present)].rename(columns=present)
     table.loc[runs["baseline"].to_numpy(), "status"] += " (baseline)"
@@ -292,7 +318,8 @@ def render_html(context, summary, table, figures, folder: Path) -> str:
     fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "", "border": 0}
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>studylib: {html.escape(context['experiment'])}</title><style>{style}</style></head>"
+        f"<title>studylib: {html.escape(context['experiment'])}</title>"
+        f"<style>{style}</style></head>"
         f"<body><h1>Regularization study: {html.escape(context['experiment'])}</h1>"
         f"<p>{context['total']} trial runs read from MLflow "
         f"({html.escape(context['tracking_uri'])}): {html.escape(counts)}.</p>"

@@ -27,7 +27,6 @@ from studylib.tracking import (
     STATUS_TAG,
     STUDY_TAG,
     TRIAL_TAG,
-    Run,
     Tracker,
     environment_tags,
 )
@@ -144,7 +143,9 @@ def run_trial(
         if trial is not None:
             trial.report(metrics["val/loss"], epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val/loss {metrics['val/loss']:.4f}")
+                raise optuna.TrialPruned(
+                    f"pruned at epoch {epoch}: val/loss {metrics['val/loss']:.4f}"
+                )
 
     try:
         result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch)
@@ -220,7 +221,8 @@ def counted_trials(study: optuna.Study) -> int:
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state in DONE_STATES or (t.state == TrialState.FAIL and t.user_attrs.get(DIVERGED_ATTR))
+        if t.state in DONE_STATES
+        or (t.state == TrialState.FAIL and t.user_attrs.get(DIVERGED_ATTR))
     )
 
 

@@ -139,7 +139,9 @@ class Run:
     def flush(self) -> None:
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[start : start + MAX_METRICS_PER_BATCH])
+            self.client.log_batch(
+                self.run_id, metrics=pending[start : start + MAX_METRICS_PER_BATCH]
+            )
         self._last_flush = time.monotonic()
 
     def log_json(self, name: str, payload: Any) -> None:

@@ -39,7 +39,11 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for hidden in cfg.hidden:
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+            layers += [
+                nn.Linear(width, hidden),
+                ACTIVATIONS[cfg.activation](),
+                nn.Dropout(cfg.dropout),
+            ]
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)

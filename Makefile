@@ -1,0 +1,53 @@
+# studylib: `make sweep`, `make ui`, `make report`. `make help` lists every target.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel; on a CUDA machine set TORCH=torch (or install torch into $(VENV) first).
+TORCH ?= torch==2.13.0
+EXPERIMENT ?= experiments/default.toml
+ARGS ?=
+
+.PHONY: help setup sweep ui report test test-slow lint format clean
+
+help: ## list the targets
+	@echo "studylib: make TARGET [EXPERIMENT=experiments/x.toml] [ARGS='--trials 50']"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv with studylib and its dev tools (installs only what is missing)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+sweep: setup ## run or resume the study in $(EXPERIMENT) on sqlite:///mlflow.db + optuna.journal
+	$(BIN)/studylib sweep $(EXPERIMENT) $(ARGS)
+
+ui: setup ## the MLflow UI over mlflow.db on http://127.0.0.1:5000
+	$(BIN)/studylib ui $(ARGS)
+
+report: setup ## write reports/<study>/index.html and report.md from what MLflow holds
+	$(BIN)/studylib report $(ARGS)
+
+test: setup ## the default test suite (leaves out slow and gpu tests)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: setup ## the slow tests only
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+lint: setup ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## ruff format and the safe ruff fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## delete generated results: mlflow.db, mlartifacts/, optuna.journal, the data cache, reports
+	rm -rf mlflow.db mlartifacts optuna.journal .studylib-cache
+	find reports -mindepth 1 ! -name README.md -exec rm -rf {} +

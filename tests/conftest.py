@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny configs that run the whole pipeline on the CPU in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from studylib.config import Experiment, Settings
+
+torch.set_num_threads(1)  # tiny models: threads cost more than they give, and CI has 2 cores
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"num_train": 600, "num_test": 200, "val_fraction": 0.25, "train_examples": 300},
+    "model": {"arch": "mlp", "hidden": [32], "dropout": 0.0},
+    "train": {"lr": 3e-3, "batch_size": 50, "max_epochs": 3, "patience": 2},
+    "sweep": {
+        "trials": 3,
+        "pruner": {"enabled": False},
+        "search": {
+            "dropout": {"low": 0.0, "high": 0.5},
+            "l1": {"low": 1e-6, "high": 1e-3, "log": True, "allow_zero": True},
+            "l2": {"low": 1e-6, "high": 1e-2, "log": True, "allow_zero": True},
+            "patience": {"low": 1, "high": 3},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data-cache")
+
+
+@pytest.fixture
+def tiny() -> Experiment:
+    return Experiment.model_validate(TINY)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_cache: Path) -> Settings:
+    return Settings(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage=str(tmp_path / "optuna.journal"),
+        device="cpu",
+        cache_dir=data_cache,
+        artifact_root=tmp_path / "mlartifacts",
+        progress=False,
+    )
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
