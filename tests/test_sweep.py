@@ -172,3 +172,23 @@ def test_experiment_with_values_revalidates(tiny):
     with pytest.raises(ValidationError):
         tiny.with_values({"model.dropout": 1.0})
     assert isinstance(tiny.with_values({"train.lr": 0.5}), Experiment)
+
+
+def test_crashed_trial_is_a_failed_run_carrying_its_error(tiny, settings, monkeypatch):
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sweep_module, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_sweep(tiny, settings, trials=1)
+    client = MlflowClient(settings.tracking_uri)
+    (run,) = trial_runs(client, "tiny")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["studylib.status"] == "crashed"
+    assert run.data.tags["studylib.reason"] == "RuntimeError: CUDA out of memory (simulated)"
+    exp = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'sweep'")
+    assert parent.info.status == "FAILED"
+    # A crash is not a result: the study does not count it, so a resumed sweep runs it again.
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
