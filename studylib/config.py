@@ -54,8 +54,15 @@ class TrainConfig(Frozen):
         0.0, ge=0, lt=1, description="decoupled decay: w <- w - lr * weight_decay * w per step"
     )
     early_stopping: bool = True
+    stopping: Literal["patience", "gl", "pq", "up"] = Field(
+        "patience", description="early-stopping rule: patience, or Prechelt's GL, PQ, UP"
+    )
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(0.0, ge=0, description="smallest val loss drop that counts")
+    gl_alpha: float = Field(5.0, gt=0, description="GL: stop when generalization loss > alpha (%)")
+    pq_alpha: float = Field(0.5, gt=0, description="PQ: stop when GL / training progress > alpha")
+    up_strips: int = Field(3, ge=1, description="UP: stop after val loss rose in this many strips")
+    strip_length: int = Field(5, ge=1, description="k: epochs per strip for PQ and UP")
 
 
 # Which config field each searchable hyperparameter sets.

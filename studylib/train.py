@@ -27,6 +27,7 @@ from torch import nn
 
 from studylib.config import TrainConfig
 from studylib.data import Splits
+from studylib.stopping import comparison_rules, make_rule, stop_epochs
 
 SPARSITY_THRESHOLD = 1e-3  # |w| below this counts as zero in `weights/sparsity`
 EVAL_BATCH = 8192
@@ -129,7 +130,15 @@ def fit(
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
-    since_best = 0
+    rule = make_rule(
+        cfg.stopping,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        gl_alpha=cfg.gl_alpha,
+        pq_alpha=cfg.pq_alpha,
+        up_strips=cfg.up_strips,
+        strip=cfg.strip_length,
+    )
     status, reason = "completed", f"trained all {cfg.max_epochs} epochs"
 
     model.train()
@@ -179,16 +188,14 @@ def fit(
         history.append(metrics)
 
         if val_loss < best_loss - cfg.min_delta:
-            best_loss, best_epoch, since_best = val_loss, epoch, 0
+            best_loss, best_epoch = val_loss, epoch
             if cfg.early_stopping:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
+        should_stop = rule.update(train_loss, val_loss)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if cfg.early_stopping and since_best >= cfg.patience:
-            status = "early_stopped"
-            reason = f"no val/loss improvement > {cfg.min_delta} for {cfg.patience} epochs"
+        if cfg.early_stopping and should_stop:
+            status, reason = "early_stopped", f"rule {rule.name} stopped after epoch {epoch}"
             break
 
     stopped_epoch = len(history)
@@ -207,6 +214,11 @@ def fit(
     # The only time the test split is touched: the kept weights, scored once.
     test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test).tolist()
     kept = history[result.selected_epoch - 1]
+    # When would each rule have stopped on these same curves? (0: not within them)
+    rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
+    would_stop = stop_epochs(
+        [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
+    )
     result.final = {
         "best_epoch": best_epoch,
         "stopped_epoch": stopped_epoch,
@@ -219,8 +231,13 @@ def fit(
         "selected_train_acc": kept["train/acc"],
         "gap_loss": kept["gap/loss"],
         "gap_acc": kept["gap/acc"],
+        "best_gap_loss": history[best_epoch - 1]["gap/loss"],
+        "best_gap_acc": history[best_epoch - 1]["gap/acc"],
+        "final_l2_norm": history[-1]["weights/l2_norm"],
+        "final_sparsity": history[-1]["weights/sparsity"],
         "test_loss": test_loss,
         "test_acc": test_acc,
+        **{f"stop_epoch/{name}": epoch for name, epoch in would_stop.items()},
     }
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return result

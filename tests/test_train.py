@@ -177,3 +177,14 @@ def test_l1_produces_more_small_weights_than_l2(splits):
     l1 = fit(mlp(), splits, TrainConfig(**base, l1=3e-3), seed=0)
     l2 = fit(mlp(), splits, TrainConfig(**base, l2=3e-3), seed=0)
     assert l1.history[-1]["weights/sparsity"] > l2.history[-1]["weights/sparsity"]
+
+
+def test_prechelt_rule_drives_early_stopping(monkeypatch, splits):
+    scripted_validation(monkeypatch, splits, [1.0, 0.8, 0.7, 0.72, 0.75, 0.8, 0.9])
+    cfg = TrainConfig(max_epochs=7, stopping="gl", gl_alpha=5.0, lr=1e-2, batch_size=50)
+    result = fit(mlp(), splits, cfg, seed=0)
+    # GL(4) = 2.9 %, GL(5) = 7.1 % > 5: stop after epoch 5, keep epoch 3.
+    assert (result.stopped_epoch, result.best_epoch, result.selected_epoch) == (5, 3, 3)
+    assert result.final["stop_epoch/gl5"] == 5
+    assert result.final["stop_epoch/gl1"] == 4
+    assert result.final["best_gap_loss"] == pytest.approx(result.history[2]["gap/loss"])
