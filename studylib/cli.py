@@ -139,16 +139,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     _check_backends(settings)
-    summary = run_sweep(exp, settings, trials=args.trials)
-    print(
-        f"study {summary.study_name}: {summary.trials_done} trials "
-        f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
-        + (
-            f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
-            if summary.best_value is not None
-            else "no trial completed"
+    if exp.sweep.search or exp.ablation is None:
+        summary = run_sweep(exp, settings, trials=args.trials)
+        print(
+            f"study {summary.study_name}: {summary.trials_done} trials "
+            f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
+            + (
+                f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
+                if summary.best_value is not None
+                else "no trial completed"
+            )
         )
-    )
+    if exp.ablation is not None:
+        from studylib.ablation import run_ablation
+
+        ablation = run_ablation(exp, settings)
+        print(
+            f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} already "
+            f"done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
+        )
     print(f"MLflow: {settings.tracking_uri} (make ui); report: make report")
     return 0
 

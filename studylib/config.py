@@ -11,7 +11,7 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -129,6 +129,52 @@ class SweepConfig(Frozen):
         return self
 
 
+# The arms of an ablation: the baseline, each regularizer alone, and all of them together.
+ARMS = ("baseline", "dropout", "l1", "l2", "weight_decay", "early_stopping", "all")
+# Which strength each arm turns on (early stopping's strength is its patience).
+ARM_KNOBS = {
+    "dropout": ("dropout",),
+    "l1": ("l1",),
+    "l2": ("l2",),
+    "weight_decay": ("weight_decay",),
+    "early_stopping": ("patience",),
+}
+NUISANCE = ("lr",)
+
+
+class StrengthConfig(Frozen):
+    """Scientific hyperparameters: the strength each regularizer gets in its arm.
+
+    A strength left out is tuned: a small Optuna search over its `[sweep.search]` range.
+    """
+
+    dropout: float | None = Field(None, gt=0, lt=1)
+    l1: float | None = Field(None, gt=0)
+    l2: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, gt=0, lt=1)
+    patience: int | None = Field(None, ge=1)
+
+
+class AblationConfig(Frozen):
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (0, 1, 2), min_length=1, description="every arm runs once per seed"
+    )
+    arms: tuple[Literal[ARMS], ...] = Field(ARMS, min_length=1)
+    strength: StrengthConfig = StrengthConfig()
+    nuisance: dict[Literal[NUISANCE], SearchRange] = Field(
+        default_factory=dict, description="tuned per arm so that every arm gets a fair chance"
+    )
+    tune_trials: int = Field(8, ge=1, description="Optuna trials per arm that needs tuning")
+
+    @model_validator(mode="after")
+    def _check(self) -> AblationConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must differ, got {list(self.seeds)}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must differ, got {list(self.arms)}")
+        return self
+
+
 class Experiment(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = Field(0, ge=0, description="fixes the split, the init and the dropout masks")
@@ -136,6 +182,20 @@ class Experiment(Frozen):
     model: MLPConfig = MLPConfig()
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
+    ablation: AblationConfig | None = None
+
+    @model_validator(mode="after")
+    def _tunable(self) -> Experiment:
+        if self.ablation is None:
+            return self
+        for arm in self.ablation.arms:
+            for knob in ARM_KNOBS.get(arm, ()):
+                if getattr(self.ablation.strength, knob) is None and knob not in self.sweep.search:
+                    raise ValueError(
+                        f"ablation.strength.{knob} is not given and there is no "
+                        f"[sweep.search.{knob}] range to tune it from (arm {arm!r})"
+                    )
+        return self
 
     def with_values(self, values: dict[str, Any]) -> Experiment:
         """A copy with dotted fields replaced (`{"model.dropout": 0.3}`), validated again."""
@@ -149,7 +209,8 @@ class Experiment(Frozen):
         out: dict[str, str] = {}
 
         def walk(prefix: str, node: Any) -> None:
-            if isinstance(node, dict) and node and prefix != "sweep.search":
+            whole = prefix in ("sweep.search", "ablation.nuisance")
+            if isinstance(node, dict) and node and not whole:
                 for key, value in node.items():
                     walk(f"{prefix}.{key}" if prefix else str(key), value)
             elif isinstance(node, (list, tuple, dict)):
@@ -215,6 +276,8 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(first["loc"][:-1]))
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
+    elif first["type"] == "value_error":  # our own cross-field checks name field and value
+        text = f"{path}: {first['msg'].removeprefix('Value error, ')}"
     else:
         shown = first.get("input")
         text = f"{path}: {field} = {_short(shown)}: {first['msg']}"

@@ -182,10 +182,10 @@ class Progress:
     def __init__(self, total: int, done: int, enabled: bool):
         self.bar = tqdm(total=total, initial=done, unit="trial", disable=not enabled, leave=True)
         self.best = math.inf
-        self._trial = -1
+        self._trial: int | str = -1
         self._shown = 0.0
 
-    def start_trial(self, number: int) -> None:
+    def start_trial(self, number: int | str) -> None:
         self._trial = number
 
     def epoch(self, epoch: int, max_epochs: int) -> None:

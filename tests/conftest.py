@@ -55,3 +55,14 @@ def settings(tmp_path: Path, data_cache: Path) -> Settings:
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def tiny_ablation(tiny: Experiment) -> Experiment:
+    raw = tiny.model_dump()
+    raw["ablation"] = {
+        "seeds": [0, 1],
+        "strength": {"dropout": 0.3, "l1": 1e-3, "weight_decay": 0.05, "patience": 1},
+        "tune_trials": 2,
+    }
+    return Experiment.model_validate(raw)
