@@ -135,6 +135,10 @@ def run_trial(
     )
     run.log_params(exp.flat())
     run.log_params({"model.parameters": sum(p.numel() for p in model.parameters())})
+    if (
+        trial is not None
+    ):  # Optuna's own parameters too (l1_on, ...): the report's fANOVA needs them
+        run.log_params({f"optuna.{name}": value for name, value in trial.params.items()})
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_epoch(epoch, metrics)

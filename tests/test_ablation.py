@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from mlflow import MlflowClient
 
 from studylib.ablation import arm_values, run_ablation
 from studylib.config import ARMS
+from studylib.report import write_report
 
 
 def test_arm_values_switch_on_one_regularizer_at_a_time():
@@ -54,3 +57,21 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     again = run_ablation(tiny_ablation, settings)
     assert again.runs_done == 0 and again.runs_skipped == len(ARMS) * 2
     assert again.strengths == summary.strengths  # the tuning study resumed, not rerun
+
+
+def test_ablation_report_has_claims_curves_and_intervals(tiny_ablation, settings, tmp_path):
+    run_ablation(tiny_ablation, settings)
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "report")
+    folder = index.parent
+    pngs = {p.name for p in folder.glob("*.png")}
+    assert {"tiny-mlp-arms.png", "tiny-mlp-gap.png", "tiny-mlp-weights.png"} <= pngs
+    markdown = (folder / "report.md").read_text()
+    assert "## Claims of the lecture notes, checked" in markdown
+    claim_rows = [line for line in markdown.splitlines() if "L1 drives more weights" in line]
+    assert len(claim_rows) == 1
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", claim_rows[0])[1:-1]]
+    assert cells[:2] == ["tiny", "mlp"]
+    assert cells[4] in {"supported", "contradicted", "inconclusive"}
+    assert "## Leaderboard: test accuracy" in markdown and "ablation" in markdown
+    page = index.read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from studylib import sweep as sweep_module
 from studylib.config import Experiment
-from studylib.report import load_runs, write_report
+from studylib.report import write_report
+from studylib.results import load_runs
 from studylib.sweep import baseline_params, make_storage, run_sweep, suggest
 
 METRICS_PER_EPOCH = {"train/loss", "train/acc", "val/loss", "val/acc", "gap/loss", "gap/acc"}
@@ -88,21 +89,21 @@ def test_sweep_logs_parent_children_and_resumes(tiny, settings, tmp_path):
     assert len(set(params)) == 4
 
     # The report is built from what MLflow holds.
-    index = write_report(settings.tracking_uri, "tiny", tmp_path / "reports" / "tiny")
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "reports" / "tiny")
     folder = index.parent
-    assert {"index.html", "report.md", "curves.png", "hparams.png"} <= {
-        p.name for p in folder.iterdir()
-    }
+    pngs = {p.name for p in folder.glob("*.png")}
+    assert {"tiny-mlp-curves.png", "tiny-mlp-hparams.png", "tiny-mlp-importance.png"} <= pngs
     page = index.read_text()
-    assert page.count("data:image/png;base64,") == 2
-    assert 'src="http' not in page and "href=" not in page  # nothing to fetch: opens offline
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert "src='http" not in page and "href=" not in page  # nothing to fetch: opens offline
     markdown = (folder / "report.md").read_text()
     rows = [
         line for line in markdown.splitlines() if line.startswith("| ") and "(baseline)" in line
     ]
     assert len(rows) == 1
-    runs = load_runs(settings.tracking_uri, "tiny")
+    runs = load_runs("tiny", settings.tracking_uri)
     assert len(runs) == 4 and runs["baseline"].sum() == 1
+    assert runs["train.l1"].dtype.kind == "f"  # numbers come back as numbers
 
 
 def test_search_space_and_baseline(tiny):
