@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 EXPERIMENT ?= experiments/default.toml
 ARGS ?=
 
-.PHONY: help setup sweep ui report test test-slow lint format clean
+.PHONY: help setup setup-browser sweep ui report test test-slow lint format clean
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENT=experiments/x.toml] [ARGS='--trials 50']"
@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+setup-browser: ## install Debian's chromium for the report's browser test (needs apt, root)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 sweep: setup ## run or resume the study in $(EXPERIMENT) on sqlite:///mlflow.db + optuna.journal
 	$(BIN)/studylib sweep $(EXPERIMENT) $(ARGS)

@@ -57,12 +57,38 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_ablation(tiny: Experiment) -> Experiment:
-    raw = tiny.model_dump()
-    raw["ablation"] = {
+TINY_ABLATION = {
+    **TINY,
+    "ablation": {
         "seeds": [0, 1],
         "strength": {"dropout": 0.3, "l1": 1e-3, "weight_decay": 0.05, "patience": 1},
         "tune_trials": 2,
-    }
-    return Experiment.model_validate(raw)
+    },
+}
+
+
+@pytest.fixture
+def tiny_ablation() -> Experiment:
+    return Experiment.model_validate(TINY_ABLATION)
+
+
+@pytest.fixture(scope="session")
+def study_report(tmp_path_factory, data_cache) -> Path:
+    """A tiny sweep and ablation, reported once for every test that reads a report."""
+    from studylib.ablation import run_ablation
+    from studylib.report import write_report
+    from studylib.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("study")
+    settings = Settings(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        storage=str(root / "optuna.journal"),
+        device="cpu",
+        cache_dir=data_cache,
+        artifact_root=root / "mlartifacts",
+        progress=False,
+    )
+    exp = Experiment.model_validate(TINY_ABLATION)
+    run_sweep(exp, settings, trials=3)
+    run_ablation(exp, settings)
+    return write_report(settings.tracking_uri, ["tiny"], root / "report")

@@ -8,7 +8,6 @@ from mlflow import MlflowClient
 
 from studylib.ablation import arm_values, run_ablation
 from studylib.config import ARMS
-from studylib.report import write_report
 
 
 def test_arm_values_switch_on_one_regularizer_at_a_time():
@@ -59,9 +58,8 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     assert again.strengths == summary.strengths  # the tuning study resumed, not rerun
 
 
-def test_ablation_report_has_claims_curves_and_intervals(tiny_ablation, settings, tmp_path):
-    run_ablation(tiny_ablation, settings)
-    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "report")
+def test_ablation_report_has_claims_curves_and_intervals(study_report):
+    index = study_report
     folder = index.parent
     pngs = {p.name for p in folder.glob("*.png")}
     assert {"tiny-mlp-arms.png", "tiny-mlp-gap.png", "tiny-mlp-weights.png"} <= pngs
@@ -73,5 +71,7 @@ def test_ablation_report_has_claims_curves_and_intervals(tiny_ablation, settings
     assert cells[:2] == ["tiny", "mlp"]
     assert cells[4] in {"supported", "contradicted", "inconclusive"}
     assert "## Leaderboard: test accuracy" in markdown and "ablation" in markdown
+    assert "## Architectures side by side" not in markdown  # one architecture only
+    assert "tiny / mlp: sweep" in markdown and "tiny / mlp: ablation over seeds" in markdown
     page = index.read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
