@@ -169,7 +169,7 @@ def dropout_l2_heatmap(trials: pd.DataFrame, search: dict, path: Path) -> str | 
 
 def importance_bars(importances: dict[str, float], n_trials: int, path: Path) -> str:
     _theme()
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(importances) + 1.2))
+    fig, ax = plt.subplots(figsize=(5, 0.3 * len(importances) + 1.2))
     names = list(importances)
     ax.barh(names[::-1], [importances[n] for n in names][::-1], color="tab:purple")
     ax.set_xlabel("fANOVA importance (share of explained variance)")

@@ -103,9 +103,13 @@ def write_report(tracking_uri: str, experiments: list[str], folder: Path) -> Pat
         sections.append(problems_section(problems))
 
     title = f"Regularization study: {', '.join(experiments)}"
-    counts = runs.groupby(["role", "status"]).size()
-    summary = "; ".join(f"{n} {role} runs {status}" for (role, status), n in counts.items())
-    intro = f"{len(runs)} runs read from MLflow ({tracking_uri}): {summary}."
+    labels = {"trial": "sweep trials", "arm": "ablation runs"}
+    states = runs["status"].where(runs["status"] != "", runs["mlflow_status"].str.lower())
+    parts = []
+    for role, group in states.groupby(runs["role"]):
+        counts = ", ".join(f"{n} {state}" for state, n in group.value_counts().sort_index().items())
+        parts.append(f"{len(group)} {labels.get(role, role)} ({counts})")
+    intro = f"Read from MLflow ({tracking_uri}): {'; '.join(parts)}."
     (folder / "report.md").write_text(render_markdown(title, intro, sections))
     index = folder / "index.html"
     index.write_text(render_html(title, intro, sections, folder))
@@ -285,6 +289,7 @@ def sweep_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) -> li
 
 def fanova(trials: pd.DataFrame, search: dict) -> dict[str, float]:
     """fANOVA importance over the trials' Optuna parameters, rebuilt from MLflow params."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions: dict[str, optuna.distributions.BaseDistribution] = {}
     for name, spec in search.items():
         if name == "patience":
