@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     report = commands.add_parser("report", help="write the comparison report from MLflow")
-    report.add_argument("--experiment", help="MLflow experiment (study) name; default: all")
+    report.add_argument(
+        "--experiment",
+        action="append",
+        help="MLflow experiment (study) name, repeatable; default: every study in the store",
+    )
     report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
     _add_backend_args(report)
     report.set_defaults(handler=cmd_report)

@@ -66,13 +66,17 @@ def study_names(tracking_uri: str) -> list[str]:
     return sorted(names)
 
 
-def write_reports(tracking_uri: str, out: Path, experiment: str | None = None) -> list[Path]:
-    names = [experiment] if experiment else study_names(tracking_uri)
+def write_reports(
+    tracking_uri: str, out: Path, experiments: list[str] | None = None
+) -> list[Path]:
+    """One report per study, plus one comparing them all when there are several."""
+    names = list(experiments) if experiments else study_names(tracking_uri)
     if not names:
         raise ConfigError(f"{tracking_uri}: no studylib runs found; run `make sweep` first")
     written = [write_report(tracking_uri, [name], Path(out) / name) for name in names]
     if len(names) > 1:
-        written.append(write_report(tracking_uri, names, Path(out) / "all-studies"))
+        combined = "+".join(names) if experiments else "all-studies"
+        written.append(write_report(tracking_uri, names, Path(out) / combined))
     return written
 
 
