@@ -40,16 +40,21 @@ def tiny() -> Experiment:
     return Experiment.model_validate(TINY)
 
 
-@pytest.fixture
-def settings(tmp_path: Path, data_cache: Path) -> Settings:
+def local_settings(root: Path, data_cache: Path) -> Settings:
+    """Embedded defaults, every file under `root`."""
     return Settings(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage=str(tmp_path / "optuna.journal"),
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        storage=str(root / "optuna.journal"),
         device="cpu",
         cache_dir=data_cache,
-        artifact_root=tmp_path / "mlartifacts",
+        artifact_root=root / "mlartifacts",
         progress=False,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_cache: Path) -> Settings:
+    return local_settings(tmp_path, data_cache)
 
 
 def write_toml(path: Path, text: str) -> Path:
@@ -80,14 +85,7 @@ def study_report(tmp_path_factory, data_cache) -> Path:
     from studylib.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("study")
-    settings = Settings(
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        storage=str(root / "optuna.journal"),
-        device="cpu",
-        cache_dir=data_cache,
-        artifact_root=root / "mlartifacts",
-        progress=False,
-    )
+    settings = local_settings(root, data_cache)
     exp = Experiment.model_validate(TINY_ABLATION)
     run_sweep(exp, settings, trials=3)
     run_ablation(exp, settings)
