@@ -294,6 +294,7 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
     errors = exc.errors()
     first = errors[0]
     field = _field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(first["loc"][:-1]))
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
@@ -302,10 +303,11 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
         tag = first.get("ctx", {}).get("tag")
         text = f"{path}: {field}.{key} = {tag!r}: allowed: {first['ctx']['expected_tags']}"
     elif not first["loc"]:  # a check across sections (model against data): its own message
-        text = f"{path}: {first['msg'].removeprefix('Value error, ')}"
+        text = f"{path}: {message}"
+    elif isinstance(first.get("input"), dict):  # a check across one section's fields
+        text = f"{path}: {field}: {message}"
     else:
-        shown = first.get("input")
-        text = f"{path}: {field} = {_short(shown)}: {first['msg']}"
+        text = f"{path}: {field} = {_short(first.get('input'))}: {message}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return text

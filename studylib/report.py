@@ -3,6 +3,8 @@
 Everything here comes from what MLflow holds, never from a sweep's memory, so a report can be
 rebuilt at any time, on any machine that reaches the tracking store. Output per study:
 `index.html` (self-contained: figures embedded, opens offline), `report.md` and the PNGs.
+A study group (a group file such as experiments/all.toml: several studies, one per model
+family, tagged with the group) also gets `reports/group-<name>/`: the families side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import seaborn as sns  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from studylib.config import SEARCHABLE, ConfigError  # noqa: E402
-from studylib.tracking import ROLE_TAG, STATUS_TAG  # noqa: E402
+from studylib.tracking import GROUP_TAG, ROLE_TAG, STATUS_TAG  # noqa: E402
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/acc", "val/acc")
 FINISHED = ("completed", "early_stopped")
@@ -73,6 +75,15 @@ def study_names(tracking_uri: str) -> list[str]:
     return sorted(names)
 
 
+def study_groups(tracking_uri: str) -> dict[str, list[str]]:
+    """Group name -> its member studies (MLflow experiments tagged with the group)."""
+    groups: dict[str, list[str]] = {}
+    for exp in MlflowClient(tracking_uri).search_experiments():
+        if GROUP_TAG in exp.tags:
+            groups.setdefault(exp.tags[GROUP_TAG], []).append(exp.name)
+    return {name: sorted(members) for name, members in sorted(groups.items())}
+
+
 # ---------------------------------------------------------------------------------------------
 # Building the report
 
@@ -83,11 +94,29 @@ class Figure:
     caption: str
 
 
-def write_reports(tracking_uri: str, out: Path, experiment: str | None = None) -> list[Path]:
-    names = [experiment] if experiment else study_names(tracking_uri)
+def write_reports(
+    tracking_uri: str, out: Path, experiment: str | None = None, group: str | None = None
+) -> list[Path]:
+    """One report per study (or the one named), plus one per study group (or the one named)."""
+    groups = study_groups(tracking_uri)
+    if group is not None:
+        if group not in groups:
+            known = ", ".join(groups) or "none"
+            raise ConfigError(
+                f"--group {group}: no such study group in {tracking_uri}; known: {known}"
+            )
+        groups = {group: groups[group]}
+        names = [experiment] if experiment else groups[group]
+    else:
+        names = [experiment] if experiment else study_names(tracking_uri)
+        if experiment:
+            groups = {}
     if not names:
         raise ConfigError(f"{tracking_uri}: no studylib runs found; run `make sweep` first")
-    return [write_report(tracking_uri, name, Path(out) / name) for name in names]
+    written = [write_report(tracking_uri, name, Path(out) / name) for name in names]
+    for name, members in groups.items():
+        written.append(write_group_report(tracking_uri, name, members, Path(out) / f"group-{name}"))
+    return written
 
 
 def write_report(tracking_uri: str, experiment: str, folder: Path) -> Path:
@@ -300,8 +329,16 @@ def render_markdown(context, summary, table, figures) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render_html(context, summary, table, figures, folder: Path) -> str:
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(context["counts"].items()))
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+    "padding:3px 6px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+    "figcaption{font-size:13px;color:#555;margin-bottom:1.5em}"
+)
+HTML_TABLE = {"float_format": lambda v: f"{v:.4g}", "na_rep": "", "border": 0}
+
+
+def _figures_html(figures: list[Figure], folder: Path) -> str:
     images = []
     for fig in figures:
         data = base64.b64encode((folder / fig.name).read_bytes()).decode()
@@ -309,24 +346,193 @@ def render_html(context, summary, table, figures, folder: Path) -> str:
             f'<figure><img alt="{html.escape(fig.name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
         )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-        "padding:3px 6px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-        "figcaption{font-size:13px;color:#555;margin-bottom:1.5em}"
-    )
-    fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "", "border": 0}
+    return "".join(images)
+
+
+def _html_page(title: str, body: str) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>studylib: {html.escape(context['experiment'])}</title>"
-        f"<style>{style}</style></head>"
-        f"<body><h1>Regularization study: {html.escape(context['experiment'])}</h1>"
+        f"<title>studylib: {html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def render_html(context, summary, table, figures, folder: Path) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(context["counts"].items()))
+    return _html_page(
+        context["experiment"],
+        f"<h1>Regularization study: {html.escape(context['experiment'])}</h1>"
         f"<p>{context['total']} trial runs read from MLflow "
         f"({html.escape(context['tracking_uri'])}): {html.escape(counts)}.</p>"
         "<h2>Baseline against the best trial</h2>"
-        f"{summary.to_html(**fmt)}"
-        + "".join(images)
+        f"{summary.to_html(**HTML_TABLE)}"
+        + _figures_html(figures, folder)
         + "<h2>All trials, by validation loss</h2>"
-        + table.to_html(index=False, **fmt)
-        + "</body></html>"
+        + table.to_html(index=False, **HTML_TABLE),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A study group: the families side by side
+
+
+@dataclass
+class Member:
+    """One study of a group, reduced to what the side-by-side view shows."""
+
+    study: str
+    arch: str
+    runs: pd.DataFrame  # every trial run
+    baseline: pd.Series | None
+    best: pd.Series
+
+
+def load_member(tracking_uri: str, study: str) -> Member | None:
+    runs = load_runs(tracking_uri, study)
+    finished = runs[runs[STATUS_TAG].isin(FINISHED)] if not runs.empty else runs
+    if finished.empty:
+        return None
+    base = finished[finished["baseline"]]
+    return Member(
+        study=study,
+        arch=str(finished["params.model.arch"].iloc[0]),
+        runs=runs,
+        baseline=base.iloc[0] if not base.empty else None,
+        best=finished.loc[finished["metrics.selected_val_loss"].idxmin()],
+    )
+
+
+def write_group_report(tracking_uri: str, group: str, studies: list[str], folder: Path) -> Path:
+    members = [m for m in (load_member(tracking_uri, study) for study in studies) if m]
+    if not members:
+        raise ConfigError(
+            f"study group {group!r} in {tracking_uri} has no finished trial runs; "
+            "run `studylib sweep experiments/all.toml` first"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = [run["run_id"] for m in members for run in (m.baseline, m.best) if run is not None]
+    curves = load_curves(tracking_uri, shown)
+    figures = [
+        plot_family_curves(members, curves, folder / "curves.png"),
+        plot_best_vs_baseline(members, folder / "best_vs_baseline.png"),
+    ]
+    table = group_table(members)
+    skipped = sorted(set(studies) - {m.study for m in members})
+    intro = (
+        f"{len(members)} studies of group {group!r} read from MLflow ({tracking_uri}), one per "
+        "model family; each family's best trial (lowest validation loss of its kept weights) "
+        "against its unregularized baseline (trial 0)."
+        + (f" Without finished trials, left out: {', '.join(skipped)}." if skipped else "")
+    )
+    parts = [f"# Study group: {group}", intro, _markdown_table(table)]
+    for fig in figures:
+        parts += [f"![{fig.name}]({fig.name})", f"*{fig.caption}*"]
+    (folder / "report.md").write_text("\n\n".join(parts) + "\n")
+    index = folder / "index.html"
+    index.write_text(
+        _html_page(
+            f"group {group}",
+            f"<h1>Study group: {html.escape(group)}</h1><p>{html.escape(intro)}</p>"
+            + table.to_html(index=False, **HTML_TABLE)
+            + _figures_html(figures, folder),
+        )
+    )
+    return index
+
+
+def group_table(members: list[Member]) -> pd.DataFrame:
+    rows = []
+    for m in members:
+        swept = swept_names(m.runs.dropna(subset=["params.sweep.search"]))
+        base = m.baseline
+        rows.append(
+            {
+                "study": m.study,
+                "arch": m.arch,
+                "trials": len(m.runs),
+                "best trial": int(m.best["trial"]),
+                "baseline test acc": base["metrics.test_acc"] if base is not None else math.nan,
+                "best test acc": m.best["metrics.test_acc"],
+                "baseline gap (loss)": base["metrics.gap_loss"] if base is not None else math.nan,
+                "best gap (loss)": m.best["metrics.gap_loss"],
+                "best settings": ", ".join(
+                    f"{name}={_fmt(_number(m.best[_param(name)]))}" for name in swept
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_family_curves(members: list[Member], curves: pd.DataFrame, path: Path) -> Figure:
+    """Small multiples: one column per family, loss above and accuracy below."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(
+        2, len(members), figsize=(3.6 * len(members), 6), sharey="row", squeeze=False
+    )
+    for col, m in enumerate(members):
+        for row, metric in enumerate(("loss", "acc")):
+            ax = axes[row][col]
+            for run, style, label in ((m.baseline, "--", "baseline"), (m.best, "-", "best")):
+                if run is None:
+                    continue
+                mine = curves[curves["run_id"] == run["run_id"]]
+                for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+                    series = mine[mine["key"] == f"{split}/{metric}"].sort_values("epoch")
+                    ax.plot(
+                        series["epoch"],
+                        series["value"],
+                        linestyle=style,
+                        color=color,
+                        label=f"{label} {split}",
+                    )
+            if row == 0:
+                ax.set_title(f"{m.arch}\n{m.study}", fontsize=10)
+            ax.set_xlabel("epoch" if row == 1 else "")
+            ax.set_ylabel(f"cross-entropy ({metric})" if metric == "loss" else "accuracy")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(
+        path.name,
+        "Train (blue) and validation (orange) loss and accuracy per epoch, one column per model "
+        "family: the unregularized baseline dashed, the best trial solid. Rows share their "
+        f"y axis. From {sum((m.baseline is not None) + 1 for m in members)} runs.",
+    )
+
+
+def plot_best_vs_baseline(members: list[Member], path: Path) -> Figure:
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = []
+    for m in members:
+        for label, run in (("baseline", m.baseline), ("best trial", m.best)):
+            if run is not None:
+                rows.append(
+                    {
+                        "family": m.arch,
+                        "run": label,
+                        "test accuracy": run["metrics.test_acc"],
+                        "generalization gap (val - train loss)": run["metrics.gap_loss"],
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+    for ax, column in zip(axes[0], frame.columns[2:], strict=True):
+        sns.barplot(frame, x="family", y=column, hue="run", ax=ax)
+        ax.set_title(column)
+        ax.set_ylabel("")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(
+        path.name,
+        "Per model family: test accuracy and generalization gap of the kept weights, "
+        f"unregularized baseline against the best trial. From {len(frame)} runs.",
     )
