@@ -99,6 +99,7 @@ def write_reports(
 ) -> list[Path]:
     """One report per study (or the one named), plus one per study group (or the one named)."""
     groups = study_groups(tracking_uri)
+    studies = study_names(tracking_uri)  # those holding trial runs
     if group is not None:
         if group not in groups:
             known = ", ".join(groups) or "none"
@@ -106,11 +107,11 @@ def write_reports(
                 f"--group {group}: no such study group in {tracking_uri}; known: {known}"
             )
         groups = {group: groups[group]}
-        names = [experiment] if experiment else groups[group]
+        names = [experiment] if experiment else [s for s in groups[group] if s in studies]
     else:
-        names = [experiment] if experiment else study_names(tracking_uri)
-        if experiment:
-            groups = {}
+        names = [experiment] if experiment else studies
+        # A group is reported once one of its members has been swept (not only trained).
+        groups = {} if experiment else {g: m for g, m in groups.items() if set(m) & set(studies)}
     if not names:
         raise ConfigError(f"{tracking_uri}: no studylib runs found; run `make sweep` first")
     written = [write_report(tracking_uri, name, Path(out) / name) for name in names]

@@ -121,8 +121,14 @@ BlockConfig = Annotated[
     Discriminator(_block_type),
 ]
 
-# The paper's CNN widths, with a kernel that divides MNIST-1D's 40 steps: 40 -> 20 -> 10 -> 5.
-_DEFAULT_BLOCKS = (ConvBlockConfig(channels=25, kernel=4, stride=2, padding=1),) * 3
+# Three "same" convolutions, each followed by 2 x 2 max pooling: 40 -> 20 -> 10 -> 5 exactly.
+# Pooling makes it tolerant of MNIST-1D's shifts (81% test with 1,000 training examples against
+# 62% for the paper's strided convolutions; see experiments/cnn.toml).
+_DEFAULT_BLOCKS = (
+    ConvBlockConfig(channels=32, kernel=5, pool=PoolConfig(kind="max", size=2)),
+    ConvBlockConfig(channels=32, kernel=3, pool=PoolConfig(kind="max", size=2)),
+    ConvBlockConfig(channels=32, kernel=3, pool=PoolConfig(kind="max", size=2)),
+)
 
 
 class CNNConfig(FrozenConfig):
