@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from studylib.config import ConfigError, Settings, load_experiment, parse_assignment
+from studylib.config import ConfigError, Settings, load_experiments, parse_assignment
 
 EXIT_BAD_INPUT = 2
 DEFAULTS = Settings()
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment")
     sweep.add_argument(
-        "experiment", type=Path, help="experiment file, e.g. experiments/default.toml"
+        "experiment",
+        type=Path,
+        help="experiment file (experiments/default.toml) or group file (experiments/all.toml)",
     )
     sweep.add_argument(
         "--trials", type=_positive_int, help="total trials of the study (resumes count)"
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment",
         action="append",
         help="MLflow experiment (study) name, repeatable; default: every study in the store",
+    )
+    report.add_argument(
+        "--group", help="only this study group's side-by-side report (and its members')"
     )
     report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
     _add_backend_args(report)
@@ -131,10 +136,15 @@ def _check_backends(settings: Settings) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from studylib.sweep import run_sweep
 
-    exp = load_experiment(args.experiment)
-    if args.seed is not None and args.seed != exp.seed:
+    experiments = load_experiments(args.experiment)  # a group file: every member, all validated
+    if args.seed is not None:
         # Another seed is another split: its trials must not mix with the file's seed.
-        exp = exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+        experiments = [
+            exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+            if args.seed != exp.seed
+            else exp
+            for exp in experiments
+        ]
     settings = replace(
         DEFAULTS,
         tracking_uri=args.tracking_uri,
@@ -143,25 +153,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     _check_backends(settings)
-    if exp.sweep.search or exp.ablation is None:
-        summary = run_sweep(exp, settings, trials=args.trials)
-        print(
-            f"study {summary.study_name}: {summary.trials_done} trials "
-            f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
-            + (
-                f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
-                if summary.best_value is not None
-                else "no trial completed"
+    for exp in experiments:
+        if exp.sweep.search or exp.ablation is None:
+            summary = run_sweep(exp, settings, trials=args.trials)
+            print(
+                f"study {summary.study_name}: {summary.trials_done} trials "
+                f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
+                + (
+                    f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
+                    if summary.best_value is not None
+                    else "no trial completed"
+                )
             )
-        )
-    if exp.ablation is not None:
-        from studylib.ablation import run_ablation
+        if exp.ablation is not None:
+            from studylib.ablation import run_ablation
 
-        ablation = run_ablation(exp, settings)
-        print(
-            f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} already "
-            f"done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
-        )
+            ablation = run_ablation(exp, settings)
+            print(
+                f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} "
+                f"already done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
+            )
     print(f"MLflow: {settings.tracking_uri} (make ui); report: make report")
     return 0
 
@@ -170,28 +181,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from studylib.sweep import run_single
 
     overrides = dict(parse_assignment(text) for text in args.assignments)
-    exp = load_experiment(args.experiment, overrides)
+    experiments = load_experiments(args.experiment, overrides)
     settings = replace(DEFAULTS, tracking_uri=args.tracking_uri, device=args.device)
     _check_backends(settings)
-    outcome = run_single(exp, settings)
-    result = outcome.result
-    if outcome.status == "diverged" or result is None:
-        print(f"run {outcome.run_id}: diverged: {result.reason if result else ''}")
-        return 1
-    final = result.final
-    print(
-        f"run {outcome.run_id}: {result.status} at epoch {result.stopped_epoch}, "
-        f"kept epoch {result.selected_epoch}: val/acc {final['selected_val_acc']:.4f}, "
-        f"test/acc {final['test_acc']:.4f}"
-    )
-    return 0
+    code = 0
+    for exp in experiments:
+        outcome = run_single(exp, settings)
+        result = outcome.result
+        if outcome.status == "diverged" or result is None:
+            print(f"{exp.name} run {outcome.run_id}: diverged: {result.reason if result else ''}")
+            code = 1
+            continue
+        final = result.final
+        print(
+            f"{exp.name} run {outcome.run_id}: {result.status} at epoch {result.stopped_epoch}, "
+            f"kept epoch {result.selected_epoch}: val/acc {final['selected_val_acc']:.4f}, "
+            f"test/acc {final['test_acc']:.4f}"
+        )
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from studylib.report import write_reports
 
     check_writable_folder(args.out, "--out")
-    written = write_reports(args.tracking_uri, args.out, args.experiment)
+    written = write_reports(args.tracking_uri, args.out, args.experiment, args.group)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from studylib.models import UNION_TAGS, ModelConfig
 from studylib.models.mlp import MLPConfig
 
 
@@ -26,10 +27,17 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+DIGITS_SHAPE = (8, 8)  # scikit-learn's digits: 1,797 images of 8 x 8 pixels
+# Fields that describe how MNIST-1D is generated; the digits set is fixed and has none.
+MNIST1D_ONLY = ("num_train", "num_test", "length", "generation_seed", "shuffle_seq")
+
+
 class DataConfig(Frozen):
-    name: Literal["mnist1d"] = "mnist1d"
-    num_train: int = Field(4000, ge=10, description="examples generated for train + validation")
-    num_test: int = Field(1000, ge=10, description="examples generated for the test split")
+    name: Literal["mnist1d", "digits"] = Field(
+        "mnist1d", description="mnist1d: (40,) signals; digits: (8, 8) images, 360 held for test"
+    )
+    num_train: int = Field(4000, ge=10, description="MNIST-1D examples for train + validation")
+    num_test: int = Field(1000, ge=10, description="MNIST-1D examples for the test split")
     length: int = Field(40, ge=8, description="MNIST-1D sequence length")
     generation_seed: int = Field(42, description="seed of the generator: fixes the data set")
     shuffle_seq: bool = Field(False, description="permute the time axis (the paper's control)")
@@ -40,6 +48,23 @@ class DataConfig(Frozen):
     label_noise: float = Field(
         0.0, ge=0, lt=1, description="fraction of training labels replaced by a wrong class"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.name == "digits":
+            for name in MNIST1D_ONLY:
+                value, default = getattr(self, name), DataConfig.model_fields[name].default
+                if value != default:
+                    raise ValueError(
+                        f"data.{name} = {value!r} applies to mnist1d only; the digits set is "
+                        f"fixed: leave it out (default {default!r})"
+                    )
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape, as `load_splits` will deliver it."""
+        return (self.length,) if self.name == "mnist1d" else DIGITS_SHAPE
 
 
 class TrainConfig(Frozen):
@@ -63,6 +88,12 @@ class TrainConfig(Frozen):
     pq_alpha: float = Field(0.5, gt=0, description="PQ: stop when GL / training progress > alpha")
     up_strips: int = Field(3, ge=1, description="UP: stop after val loss rose in this many strips")
     strip_length: int = Field(5, ge=1, description="k: epochs per strip for PQ and UP")
+    grad_clip: float = Field(
+        0.0, ge=0, description="clip the global gradient norm to this before each step; 0: off"
+    )
+    grad_norms: bool = Field(
+        False, description="log grad_norm/<layer>: each layer's gradient norm, epoch mean"
+    )
 
 
 # Which config field each searchable hyperparameter sets.
@@ -175,11 +206,17 @@ class AblationConfig(Frozen):
         return self
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class Experiment(Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
     seed: int = Field(0, ge=0, description="fixes the split, the init and the dropout masks")
+    group: str | None = Field(
+        None, pattern=NAME_PATTERN, description="study group it belongs to; set by a group file"
+    )
     data: DataConfig = DataConfig()
-    model: MLPConfig = MLPConfig()
+    model: ModelConfig = MLPConfig()
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     ablation: AblationConfig | None = None
@@ -195,6 +232,18 @@ class Experiment(Frozen):
                         f"ablation.strength.{knob} is not given and there is no "
                         f"[sweep.search.{knob}] range to tune it from (arm {arm!r})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _model_reads_data(self) -> Experiment:
+        # Each family says what it can read; sizes that do not work out fail here, not in fit.
+        try:
+            self.model.check_input(self.data.input_shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"model.arch = {self.model.arch!r} with data.name = {self.data.name!r} "
+                f"(examples of shape {self.data.input_shape}): {exc}"
+            ) from None
         return self
 
     def with_values(self, values: dict[str, Any]) -> Experiment:
@@ -237,14 +286,7 @@ class Settings:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment file; every problem becomes one `ConfigError` line."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = _read_toml(path)
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         try:
@@ -255,6 +297,53 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         return Experiment.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, exc)) from None
+
+
+class GroupFile(Frozen):
+    """A study group: member experiment files swept one after another as one comparison."""
+
+    group: str = Field(pattern=NAME_PATTERN, max_length=60)
+    members: tuple[str, ...] = Field(min_length=1, description="experiment files, relative paths")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description='dotted fields set in every member: "train.lr" = 0.01'
+    )
+
+
+def load_experiments(path: str | Path, overrides: dict[str, Any] | None = None) -> list[Experiment]:
+    """One experiment file -> [its Experiment]; a group file (one with `members`) -> every member.
+
+    Group members are renamed "<group>-<name>" and carry `group`, so each is its own Optuna
+    study and MLflow experiment, tagged with the group. All are validated before any trains.
+    """
+    path = Path(path)
+    raw = _read_toml(path)
+    if "members" not in raw:
+        return [load_experiment(path, overrides)]
+    try:
+        spec = GroupFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(first["loc"])
+        raise ConfigError(f"{path}: {field}: {first['msg']}") from None
+    members = []
+    for member in spec.members:
+        exp = load_experiment(path.parent / member, {**spec.overrides, **(overrides or {})})
+        members.append(exp.with_values({"name": f"{spec.group}-{exp.name}", "group": spec.group}))
+    names = [exp.name for exp in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: members: two members share a name: {names}")
+    return members
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -272,38 +361,60 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def describe_validation_error(path: Path, exc: ValidationError) -> str:
     errors = exc.errors()
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or "(top)"
+    field = _field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(first["loc"][:-1]))
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
-    elif first["type"] == "value_error":  # our own cross-field checks name field and value
-        text = f"{path}: {first['msg'].removeprefix('Value error, ')}"
+    elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        key = "arch" if field == "model" else "type"
+        tag = first.get("ctx", {}).get("tag")
+        text = f"{path}: {field}.{key} = {tag!r}: allowed: {first['ctx']['expected_tags']}"
+    elif not first["loc"]:  # a check across sections (model against data): its own message
+        text = f"{path}: {message}"
+    elif isinstance(first.get("input"), dict):  # a check across one section's fields
+        text = f"{path}: {field}: {message}"
     else:
-        shown = first.get("input")
-        text = f"{path}: {field} = {_short(shown)}: {first['msg']}"
+        text = f"{path}: {field} = {_short(first.get('input'))}: {message}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return text
 
 
+def _field_path(loc: tuple) -> str:
+    """("model", "cnn", "blocks", 2, "conv", "kernel") -> "model.blocks[2].kernel"."""
+    text = ""
+    for part in loc:
+        if _is_union_tag(part):
+            continue
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "(top)"
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     model: Any = Experiment
     for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is named by the union tag that follows
         if _is_union_tag(part):
+            model = UNION_TAGS.get(part, model)
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = field.annotation
+        model = _model_class(field.annotation)
     return list(getattr(model, "model_fields", {}))
+
+
+def _model_class(annotation: Any) -> Any:
+    """The pydantic model inside `X | None`; anything else as it is."""
+    members = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+    return members[0] if len(members) == 1 else annotation
 
 
 def _is_union_tag(part: Any) -> bool:
     # Pydantic puts the discriminator value or a function name into the location path.
-    return isinstance(part, str) and (part.startswith("function-") or part in _ARCH_TAGS)
-
-
-_ARCH_TAGS = {"mlp"}
+    return isinstance(part, str) and (part.startswith("function-") or part in UNION_TAGS)
 
 
 def _short(value: Any) -> str:

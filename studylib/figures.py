@@ -306,3 +306,31 @@ def family_curves(best_runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> 
         "Per architecture: train and validation loss of the best regularized run (solid) "
         f"against its unregularized baseline (dashed). From {len(best_runs)} runs."
     )
+
+
+def family_test_accuracy(groups, path: Path) -> str:
+    """Per architecture: test accuracy of the baseline against the best trial (sweeps)."""
+    _theme()
+    rows = []
+    for (experiment, arch), group in groups:
+        trials = group[group["role"] == "trial"]
+        if trials.empty:
+            continue
+        best = trials.loc[trials["selected_val_loss"].idxmin()]
+        rows.append(
+            {"family": f"{arch}\n({experiment})", "run": "best trial", "test acc": best["test_acc"]}
+        )
+        for value in trials.loc[trials["baseline"], "test_acc"]:
+            rows.append({"family": f"{arch}\n({experiment})", "run": "baseline", "test acc": value})
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * frame["family"].nunique()), 3.8))
+    sns.barplot(
+        frame, x="family", y="test acc", hue="run", hue_order=["baseline", "best trial"], ax=ax
+    )
+    ax.set_xlabel("")
+    ax.set_ylim(0, 1)
+    _save(fig, path)
+    return (
+        "Test accuracy per architecture: the unregularized baseline trial against the sweep trial "
+        f"with the lowest validation loss. From {len(frame)} runs."
+    )

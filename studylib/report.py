@@ -28,7 +28,7 @@ from studylib.claims import check_claims
 from studylib.config import ConfigError
 from studylib.results import load_curves, load_runs
 from studylib.stats import mean_ci
-from studylib.tracking import ROLE_TAG
+from studylib.tracking import GROUP_TAG, ROLE_TAG
 
 FINISHED = ("completed", "early_stopped")
 PROBLEMS = ("diverged", "crashed", "killed")
@@ -66,21 +66,61 @@ def study_names(tracking_uri: str) -> list[str]:
     return sorted(names)
 
 
+def study_groups(tracking_uri: str) -> dict[str, list[str]]:
+    """Group name -> its member studies (MLflow experiments tagged by a group file)."""
+    groups: dict[str, list[str]] = {}
+    for exp in MlflowClient(tracking_uri).search_experiments():
+        if GROUP_TAG in exp.tags:
+            groups.setdefault(exp.tags[GROUP_TAG], []).append(exp.name)
+    return {name: sorted(members) for name, members in sorted(groups.items())}
+
+
 def write_reports(
-    tracking_uri: str, out: Path, experiments: list[str] | None = None
+    tracking_uri: str,
+    out: Path,
+    experiments: list[str] | None = None,
+    group: str | None = None,
 ) -> list[Path]:
-    """One report per study, plus one comparing them all when there are several."""
-    names = list(experiments) if experiments else study_names(tracking_uri)
+    """One report per study; one side-by-side report per study group (`group-<name>/`) and,
+    with several studies and no group asked for, one comparing them all."""
+    out = Path(out)
+    studies = study_names(tracking_uri)
+    groups = study_groups(tracking_uri)
+    if group is not None:
+        if group not in groups:
+            known = ", ".join(groups) or "none"
+            raise ConfigError(
+                f"--group {group}: no such study group in {tracking_uri}; known: {known}"
+            )
+        members = [s for s in groups[group] if s in studies]
+        if not members:
+            raise ConfigError(f"--group {group}: no member has finished runs; run its sweep first")
+        names = list(experiments) if experiments else members
+        written = [write_report(tracking_uri, [name], out / name) for name in names]
+        written.append(write_report(tracking_uri, members, out / f"group-{group}", detail=False))
+        return written
+    names = list(experiments) if experiments else studies
     if not names:
         raise ConfigError(f"{tracking_uri}: no studylib runs found; run `make sweep` first")
-    written = [write_report(tracking_uri, [name], Path(out) / name) for name in names]
+    written = [write_report(tracking_uri, [name], out / name) for name in names]
+    if not experiments:
+        for name, members in groups.items():
+            present = [s for s in members if s in studies]
+            if present:
+                written.append(
+                    write_report(tracking_uri, present, out / f"group-{name}", detail=False)
+                )
     if len(names) > 1:
         combined = "+".join(names) if experiments else "all-studies"
-        written.append(write_report(tracking_uri, names, Path(out) / combined))
+        written.append(write_report(tracking_uri, names, out / combined, detail=False))
     return written
 
 
-def write_report(tracking_uri: str, experiments: list[str], folder: Path) -> Path:
+def write_report(
+    tracking_uri: str, experiments: list[str], folder: Path, detail: bool = True
+) -> Path:
+    """The report of one or several studies; `detail=False` keeps to the side-by-side view
+    (leaderboard, claims, architectures compared), leaving each study's sections to its own."""
     runs = load_runs(experiments, tracking_uri)
     finished = runs[runs["status"].isin(FINISHED)] if not runs.empty else runs
     if finished.empty:
@@ -98,7 +138,7 @@ def write_report(tracking_uri: str, experiments: list[str], folder: Path) -> Pat
         sections.append(claims)
     if len(groups) > 1:
         sections.append(families_section(groups, curves, folder))
-    for (experiment, arch), group in groups:
+    for (experiment, arch), group in groups if detail else []:
         prefix = f"{experiment}-{arch}"
         sections += sweep_sections(group, curves, folder, prefix)
         sections += ablation_sections(group, curves, folder, prefix)
@@ -242,6 +282,9 @@ def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
     if rows:
         png = "families.png"
         caption = figures.family_curves(pd.DataFrame(rows), curves, folder / png)
+        section.blocks.append(Block(caption, png=png))
+        png = "families-test.png"
+        caption = figures.family_test_accuracy(groups, folder / png)
         section.blocks.append(Block(caption, png=png))
     return section
 

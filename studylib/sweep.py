@@ -22,6 +22,7 @@ from studylib.config import REGULARIZER_OFF, SEARCHABLE, Experiment, SearchRange
 from studylib.data import Splits, load_splits
 from studylib.models import build_model
 from studylib.tracking import (
+    GROUP_TAG,
     REASON_TAG,
     ROLE_TAG,
     STATUS_TAG,
@@ -130,6 +131,7 @@ def run_trial(
             "studylib.dataset": exp.data.name,
             "studylib.seed": str(exp.seed),
             "studylib.device": str(device),
+            **group_tags(exp),
         },
         parent_id=parent_id,
     )
@@ -178,6 +180,18 @@ def run_trial(
         run.log_state_dict(result.state_dict)
     run.finish("FINISHED")
     return TrialOutcome(result, result.status, run.run_id)
+
+
+def group_tags(exp: Experiment) -> dict[str, str]:
+    return {GROUP_TAG: exp.group} if exp.group else {}
+
+
+def open_tracker(exp: Experiment, settings: Settings) -> Tracker:
+    """The study's MLflow experiment; a group member's experiment is tagged with its group."""
+    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+    if exp.group:
+        tracker.client.set_experiment_tag(tracker.experiment_id, GROUP_TAG, exp.group)
+    return tracker
 
 
 class Progress:
@@ -258,7 +272,7 @@ def run_sweep(exp: Experiment, settings: Settings, trials: int | None = None) ->
     device = resolve_device(settings.device)
     splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
     study = open_study(exp, settings)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+    tracker = open_tracker(exp, settings)
 
     if exp.sweep.baseline and not study.trials:
         study.enqueue_trial(baseline_params(exp), user_attrs={BASELINE_ATTR: True})
@@ -266,7 +280,7 @@ def run_sweep(exp: Experiment, settings: Settings, trials: int | None = None) ->
     done = counted_trials(study)
     parent = tracker.start_run(
         f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "sweep", STUDY_TAG: exp.name, **environment_tags()},
+        tags={ROLE_TAG: "sweep", STUDY_TAG: exp.name, **environment_tags(), **group_tags(exp)},
     )
     parent.log_params(exp.flat())
     progress = Progress(total, min(done, total), settings.progress)
@@ -344,7 +358,7 @@ def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
     """`studylib train`: one run with the experiment's fixed values, logged like a trial."""
     device = resolve_device(settings.device)
     splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+    tracker = open_tracker(exp, settings)
     return run_trial(
         exp,
         splits,

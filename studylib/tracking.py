@@ -33,6 +33,7 @@ TRIAL_TAG = "optuna.trial_number"
 ROLE_TAG = "studylib.role"  # "sweep" (parent), "trial" (child) or "train" (single run)
 STATUS_TAG = "studylib.status"  # completed, early_stopped, pruned, diverged, crashed, killed
 REASON_TAG = "studylib.reason"
+GROUP_TAG = "studylib.group"  # the study group (a group file) an experiment belongs to
 
 
 def is_local_database(tracking_uri: str) -> bool:

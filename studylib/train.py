@@ -7,6 +7,10 @@ Regularizers (lecture notes, "Weight regularization" and "Dropout layer"):
   never passes through Adam's moment estimates and stays distinct from the L2 penalty);
 - dropout lives in the model;
 - early stopping on validation loss, restoring the best weights.
+Gradients (lecture notes, "Vanishing and Exploding gradients"): `grad_clip` rescales the
+gradient whenever its global norm exceeds the limit (torch.nn.utils.clip_grad_norm_);
+`grad_norms` logs each layer's gradient norm before clipping, averaged over the epoch's batches,
+as `grad_norm/<layer>` (and `grad_norm/total`), so vanishing and exploding gradients show in MLflow.
 Penalties and decay act on weight matrices and kernels only (parameters with two or more
 dimensions): biases and normalization scales are left alone, as is customary, because they
 do not scale a unit's input and shrinking them does not simplify the function.
@@ -70,6 +74,56 @@ def penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
     return total
 
 
+def grad_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters per layer for `grad_norm/<layer>`: the model's own `grad_groups()` if it has
+    one (the RNN splits by layer and direction), else the module path up to the first list
+    index: "net.0" (MLP), "blocks.2" (CNN), "layers.1" (Transformer), "head"."""
+    own = getattr(model, "grad_groups", None)
+    if callable(own):
+        return own()
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key: list[str] = []
+        for part in name.split(".")[:-1] or [name]:  # drop ".weight" / ".bias"
+            key.append(part)
+            if part.isdigit():
+                break
+        groups.setdefault(".".join(key), []).append(param)
+    return groups
+
+
+class GradNorms:
+    """Per-layer gradient norms summed over an epoch's batches, on the device (no host sync)."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        groups = grad_groups(model)
+        self.names = [f"grad_norm/{name}" for name in groups] + ["grad_norm/total"]
+        self.params = [p for params in groups.values() for p in params]
+        index = [i for i, params in enumerate(groups.values()) for _ in params]
+        self.index = torch.tensor(index, device=device)
+        self.squares = torch.zeros(len(groups), device=device)
+        self.sums = torch.zeros(len(groups) + 1, device=device)
+        self.zero = torch.zeros((), device=device)
+        self.batches = 0
+
+    def add(self) -> None:
+        """After backward: each layer's norm sqrt(sum of its parameters' squared grad norms)."""
+        grads = [self.zero if p.grad is None else p.grad for p in self.params]
+        squared = torch.stack(torch._foreach_norm(grads)).square()
+        self.squares.zero_().index_add_(0, self.index, squared)
+        self.sums[:-1] += self.squares.sqrt()
+        self.sums[-1] += self.squares.sum().sqrt()
+        self.batches += 1
+
+    def epoch_means(self) -> torch.Tensor:
+        means = self.sums / max(self.batches, 1)
+        self.sums = torch.zeros_like(self.sums)
+        self.batches = 0
+        return means
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # weight_decay is applied by `fit` itself (decoupled), so every optimizer gets 0 here.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -126,6 +180,8 @@ def fit(
     optimizer = make_optimizer(cfg, model)
     weights = decay_parameters(model)
     decay_factor = 1.0 - cfg.lr * cfg.weight_decay
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norms = GradNorms(model, device) if cfg.grad_norms else None
     n = len(splits.y_train)
 
     history: list[dict[str, float]] = []
@@ -153,6 +209,10 @@ def fit(
                 loss = loss + penalty(weights, cfg.l1, cfg.l2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_norms is not None:
+                grad_norms.add()  # before clipping: the gradient the loss really has
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
             if cfg.weight_decay:
                 with torch.no_grad():
                     torch._foreach_mul_(weights, decay_factor)
@@ -160,15 +220,16 @@ def fit(
             objective_sum += loss.detach() * len(idx)
 
         # One host sync per epoch: every figure is computed on the device, then read at once.
-        figures = torch.cat(
-            [
-                (objective_sum / n).reshape(1),
-                evaluate(model, splits.x_train, splits.y_train),
-                evaluate(model, splits.x_val, splits.y_val),
-                weight_stats(weights),
-            ]
-        ).tolist()
-        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures
+        parts = [
+            (objective_sum / n).reshape(1),
+            evaluate(model, splits.x_train, splits.y_train),
+            evaluate(model, splits.x_val, splits.y_val),
+            weight_stats(weights),
+        ]
+        if grad_norms is not None:
+            parts.append(grad_norms.epoch_means())
+        figures = torch.cat(parts).tolist()
+        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures[:7]
         metrics = {
             "train/loss": train_loss,
             "train/acc": train_acc,
@@ -181,6 +242,8 @@ def fit(
             "weights/sparsity": sparsity,
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if grad_norms is not None:
+            metrics.update(zip(grad_norms.names, figures[7:], strict=True))
         if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
             status, reason = "diverged", f"non-finite loss at epoch {epoch} (objective {objective})"
             history.append({k: v for k, v in metrics.items() if math.isfinite(v)})

@@ -188,3 +188,72 @@ def test_prechelt_rule_drives_early_stopping(monkeypatch, splits):
     assert result.final["stop_epoch/gl5"] == 5
     assert result.final["stop_epoch/gl1"] == 4
     assert result.final["best_gap_loss"] == pytest.approx(result.history[2]["gap/loss"])
+
+
+def test_grad_clip_bounds_the_step():
+    # One SGD step without momentum moves the weights by lr * g; clipped, |g| <= grad_clip.
+    full = Splits(
+        x_train=torch.randn(32, 40) * 50,  # large inputs: a large gradient
+        y_train=torch.randint(0, 10, (32,)),
+        x_val=torch.randn(8, 40),
+        y_val=torch.randint(0, 10, (8,)),
+        x_test=torch.randn(8, 40),
+        y_test=torch.randint(0, 10, (8,)),
+        num_classes=10,
+    )
+    base = dict(optimizer="sgd", momentum=0.0, lr=1.0, batch_size=32, max_epochs=1)
+    moves = {}
+    for clip in (0.0, 0.01):
+        model = mlp()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        fit(model, full, TrainConfig(**base, early_stopping=False, grad_clip=clip), seed=0)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        moves[clip] = float((after - before).norm())
+    assert moves[0.0] > 0.1  # unclipped, the step is large
+    assert moves[0.01] == pytest.approx(0.01, rel=1e-4)  # clipped to lr * grad_clip exactly
+
+
+def test_grad_norms_per_layer_match_a_hand_computation(splits):
+    from studylib.models.rnn import RNNConfig
+
+    def gru():
+        torch.manual_seed(0)
+        return build_model(RNNConfig(hidden=4, layers=2, bidirectional=True), (40,), 10)
+
+    n = len(splits.y_train)  # one batch per epoch: the first epoch's norm is at the init
+    cfg = TrainConfig(batch_size=n, max_epochs=2, early_stopping=False, grad_norms=True)
+    result = fit(gru(), splits, cfg, seed=0)
+    first = result.history[0]
+    names = ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse", "head", "total"]
+    assert sorted(k for k in first if k.startswith("grad_norm/")) == sorted(
+        f"grad_norm/{name}" for name in names
+    )
+    reference = gru()
+    loss = torch.nn.functional.cross_entropy(reference(splits.x_train), splits.y_train)
+    loss.backward()
+    squares = {}
+    for name, params in reference.grad_groups().items():
+        squares[name] = sum(float(p.grad.square().sum()) for p in params)
+        assert first[f"grad_norm/{name}"] == pytest.approx(squares[name] ** 0.5, rel=1e-4)
+    assert first["grad_norm/total"] == pytest.approx(sum(squares.values()) ** 0.5, rel=1e-4)
+    assert "grad_norm/total" not in fit(mlp(), splits, TrainConfig(max_epochs=1), 0).history[0]
+
+
+def test_default_gradient_groups_follow_module_paths():
+    from studylib.models.cnn import CNNConfig
+    from studylib.models.transformer import TransformerConfig
+    from studylib.train import grad_groups
+
+    assert list(grad_groups(mlp())) == ["net.0", "net.3"]
+    cnn = build_model(CNNConfig(head=[8]), (40,), 10)
+    assert list(grad_groups(cnn)) == ["blocks.0", "blocks.1", "blocks.2", "head.0", "head.1"]
+    transformer = build_model(TransformerConfig(layers=2), (40,), 10)
+    assert list(grad_groups(transformer)) == [
+        "cls",
+        "position",
+        "embed",
+        "layers.0",
+        "layers.1",
+        "norm",
+        "head",
+    ]

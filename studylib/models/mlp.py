@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
+
+from studylib.models.common import FrozenConfig
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -22,8 +24,8 @@ ACTIVATIONS = {
 }
 
 
-class MLPConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class MLPConfig(FrozenConfig):
+    """Accepts examples of any shape: they are flattened (MNIST-1D: 40, digits: 64 inputs)."""
 
     arch: Literal["mlp"] = "mlp"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = Field(
@@ -31,6 +33,9 @@ class MLPConfig(BaseModel):
     )
     activation: Literal[tuple(ACTIVATIONS)] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1, description="drop probability after each hidden layer")
+
+    def check_input(self, input_shape: tuple[int, ...]) -> None:
+        """Any shape will do: the MLP flattens it."""
 
 
 class MLP(nn.Module):
