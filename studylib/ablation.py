@@ -9,7 +9,8 @@ seed, and the seed fixes split, init and dropout masks, so arms compare paired b
 
 Arms: `baseline` (no dropout, no penalty, no decay, no early stopping), `dropout`, `l1`, `l2`,
 `weight_decay`, `early_stopping` (each alone), and `all` (every regularizer at its arm's
-strength, plus early stopping). Arms without early stopping keep their last epoch's weights.
+strength, plus early stopping; knobs no single arm settled are tuned jointly for `all`). Arms
+without early stopping keep their last epoch's weights.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
     status = "FINISHED"
     try:
         for arm in order:
-            untuned = [k for k in arm_knobs(arm) if k not in strengths and arm != "all"]
+            # `all` reuses what the single arms settled on and tunes the rest jointly.
+            untuned = [k for k in arm_knobs(arm) if k not in strengths]
             space = {k: _no_zero(exp.sweep.search[k]) for k in untuned}
             space.update(plan.nuisance)
             chosen = tune_arm(exp, arm, space, strengths, storage, tracker, parent.run_id, splits)

@@ -154,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     _check_backends(settings)
     for exp in experiments:
-        if exp.sweep.search or exp.ablation is None:
+        if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
             summary = run_sweep(exp, settings, trials=args.trials)
             print(
                 f"study {summary.study_name}: {summary.trials_done} trials "

@@ -133,7 +133,9 @@ class PrunerConfig(Frozen):
 
 
 class SweepConfig(Frozen):
-    trials: int = Field(20, ge=1, description="total trials of the study, across resumes")
+    trials: int = Field(
+        20, ge=0, description="total trials of the study, across resumes; 0: no search"
+    )
     baseline: bool = Field(True, description="trial 0 runs with every regularizer off")
     pruner: PrunerConfig = PrunerConfig()
     search: dict[Literal[tuple(SEARCHABLE)], SearchRange] = Field(default_factory=dict)
@@ -209,6 +211,13 @@ class AblationConfig(Frozen):
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+class ReferenceConfig(Frozen):
+    """A published number this experiment reproduces; the report shows it beside ours."""
+
+    test_acc: float = Field(ge=0, le=1, description="published test accuracy, as a fraction")
+    source: str = Field(min_length=1, description="where the number comes from")
+
+
 class Experiment(Frozen):
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
     seed: int = Field(0, ge=0, description="fixes the split, the init and the dropout masks")
@@ -220,6 +229,7 @@ class Experiment(Frozen):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     ablation: AblationConfig | None = None
+    reference: ReferenceConfig | None = None
 
     @model_validator(mode="after")
     def _tunable(self) -> Experiment:

@@ -175,6 +175,9 @@ def _needed_runs(finished: pd.DataFrame) -> list[str]:
 def leaderboard(groups) -> Section:
     rows = []
     for (experiment, arch), group in groups:
+        # A published number this study reproduces (an experiment's [reference]) sits beside ours.
+        reference = group.get("reference.test_acc", pd.Series(dtype=float)).dropna()
+        paper = {"published test acc": f"{reference.iloc[0]:.4f}"} if not reference.empty else {}
         arms = group[group["role"] == "arm"]
         if not arms.empty:
             base = arms[arms["arm"] == "baseline"]
@@ -189,6 +192,7 @@ def leaderboard(groups) -> Section:
                     "study": experiment,
                     "arch": arch,
                     "source": "ablation",
+                    **paper,
                     "baseline test acc": _spread(base["test_acc"]),
                     "best regularized": best_arm,
                     "best test acc": _spread(best["test_acc"]),
@@ -204,6 +208,7 @@ def leaderboard(groups) -> Section:
                     "study": experiment,
                     "arch": arch,
                     "source": "sweep",
+                    **paper,
                     "baseline test acc": _spread(base["test_acc"]),
                     "best regularized": f"trial {best['trial']}",
                     "best test acc": f"{best['test_acc']:.4f}",

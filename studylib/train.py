@@ -77,7 +77,7 @@ def penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
 def grad_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters per layer for `grad_norm/<layer>`: the model's own `grad_groups()` if it has
     one (the RNN splits by layer and direction), else the module path up to the first list
-    index: "net.0" (MLP), "blocks.2" (CNN), "layers.1" (Transformer), "head"."""
+    index: "hidden.0" (MLP), "blocks.2" (CNN), "layers.1" (Transformer), "head"."""
     own = getattr(model, "grad_groups", None)
     if callable(own):
         return own()

@@ -7,7 +7,8 @@ import re
 from mlflow import MlflowClient
 
 from studylib.ablation import arm_values, run_ablation
-from studylib.config import ARMS
+from studylib.config import ARMS, Experiment
+from studylib.report import write_report
 
 
 def test_arm_values_switch_on_one_regularizer_at_a_time():
@@ -75,3 +76,19 @@ def test_ablation_report_has_claims_curves_and_intervals(study_report):
     assert "tiny / mlp: sweep" in markdown and "tiny / mlp: ablation over seeds" in markdown
     page = index.read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
+
+
+def test_all_arm_tunes_its_knobs_jointly_without_single_arms(tiny, settings, tmp_path):
+    raw = tiny.model_dump()
+    raw["sweep"]["trials"] = 0  # ranges only: no Optuna search
+    raw["sweep"]["search"]["weight_decay"] = {"low": 1e-3, "high": 1e-1, "log": True}
+    raw["ablation"] = {"seeds": [3], "arms": ["baseline", "all"], "tune_trials": 2}
+    raw["reference"] = {"test_acc": 0.5, "source": "a made-up paper"}
+    exp = Experiment.model_validate(raw)
+    summary = run_ablation(exp, settings)
+    assert summary.runs_done == 2
+    assert set(summary.strengths) == {"dropout", "l1", "l2", "weight_decay", "patience"}
+    assert summary.strengths["l1"] > 0 and 1 <= summary.strengths["patience"] <= 3
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "r")
+    board = (index.parent / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
+    assert "published test acc" in board and "0.5000" in board

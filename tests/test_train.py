@@ -44,7 +44,10 @@ def test_penalty_gradient_is_sign_and_twice_w():
 def test_penalties_skip_biases():
     model = mlp()
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in decay_parameters(model)) == ["net.0.weight", "net.3.weight"]
+    assert sorted(names[id(p)] for p in decay_parameters(model)) == [
+        "head.weight",
+        "hidden.0.0.weight",
+    ]
 
 
 def scripted_validation(monkeypatch, splits: Splits, losses: list[float]) -> None:
@@ -76,7 +79,7 @@ def test_early_stopping_waits_patience_epochs_and_restores_best(monkeypatch, spl
     assert result.status == "early_stopped"
     for key, value in model.state_dict().items():
         assert torch.equal(value, snapshots[2][key]), key
-    assert not torch.equal(snapshots[5]["net.0.weight"], snapshots[2]["net.0.weight"])
+    assert not torch.equal(snapshots[5]["head.weight"], snapshots[2]["head.weight"])
 
 
 def test_min_delta_counts_only_real_improvements(monkeypatch, splits):
@@ -244,7 +247,7 @@ def test_default_gradient_groups_follow_module_paths():
     from studylib.models.transformer import TransformerConfig
     from studylib.train import grad_groups
 
-    assert list(grad_groups(mlp())) == ["net.0", "net.3"]
+    assert list(grad_groups(mlp())) == ["hidden.0", "head"]
     cnn = build_model(CNNConfig(head=[8]), (40,), 10)
     assert list(grad_groups(cnn)) == ["blocks.0", "blocks.1", "blocks.2", "head.0", "head.1"]
     transformer = build_model(TransformerConfig(layers=2), (40,), 10)
