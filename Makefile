@@ -7,13 +7,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel; on a CUDA machine set TORCH=torch (or install torch into $(VENV) first).
 TORCH ?= torch==2.13.0
-EXPERIMENT ?= experiments/default.toml
+# The default study: the MLP sweep + ablation, and the plain-vs-residual depth comparison.
+EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
 
 .PHONY: help setup setup-browser sweep ui report test test-slow lint format clean
 
 help: ## list the targets
-	@echo "studylib: make TARGET [EXPERIMENT=experiments/x.toml] [ARGS='--trials 50']"
+	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv with studylib and its dev tools (installs only what is missing)
@@ -28,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 setup-browser: ## install Debian's chromium for the report's browser test (needs apt, root)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-sweep: setup ## run or resume the study in $(EXPERIMENT) on sqlite:///mlflow.db + optuna.journal
-	$(BIN)/studylib sweep $(EXPERIMENT) $(ARGS)
+sweep: setup ## run or resume the studies in $(EXPERIMENTS) on sqlite:///mlflow.db + optuna.journal
+	for experiment in $(EXPERIMENTS); do $(BIN)/studylib sweep $$experiment $(ARGS) || exit $$?; done
 
 ui: setup ## the MLflow UI over mlflow.db on http://127.0.0.1:5000
 	$(BIN)/studylib ui $(ARGS)

@@ -25,7 +25,15 @@ import optuna
 
 from studylib.config import ARM_KNOBS, SEARCHABLE, Experiment, SearchRange, Settings
 from studylib.data import load_splits
-from studylib.sweep import Progress, counted_trials, make_storage, run_trial, suggest
+from studylib.sweep import (
+    Progress,
+    counted_trials,
+    group_tags,
+    make_storage,
+    open_tracker,
+    run_trial,
+    suggest,
+)
 from studylib.tracking import ROLE_TAG, STATUS_TAG, STUDY_TAG, Tracker, environment_tags
 from studylib.train import resolve_device
 
@@ -80,12 +88,18 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
     started = time.monotonic()
     plan = exp.ablation
     device = resolve_device(settings.device)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
+    tracker = open_tracker(exp, settings)
     key = ablation_key(exp)
     done = finished_arm_runs(tracker, key)
     parent = tracker.start_run(
         f"ablation-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "ablation", STUDY_TAG: exp.name, KEY_TAG: key, **environment_tags()},
+        tags={
+            ROLE_TAG: "ablation",
+            STUDY_TAG: exp.name,
+            KEY_TAG: key,
+            **environment_tags(),
+            **group_tags(exp),
+        },
     )
     parent.log_params(exp.flat())
     splits = {

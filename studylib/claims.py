@@ -10,6 +10,8 @@ batch order and dropout masks, so two arms of one seed differ only in the regula
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +105,55 @@ def early_stopping_finds_minimum(arms: pd.DataFrame, curves: pd.DataFrame) -> Cl
         f"seed {s}: {v:+d}" for s, v in sorted(offsets.items())
     )
     return ClaimResult(claim, measured, verdict, evidence, 2 * len(offsets))
+
+
+VANISHING = "Deeper plain nets suffer more from vanishing gradients than residual ones"
+
+
+def vanishing_gradients(runs: pd.DataFrame, curves: pd.DataFrame) -> ClaimResult:
+    """Plain against residual MLPs of the same depth, paired by seed: log10 of the first hidden
+    layer's gradient norm over the last hidden layer's, averaged over the first epoch's batches.
+    Vanishing gradients make it negative; the claim is that plain nets make it more so."""
+    measured = (
+        "log10(grad norm of the first hidden layer / of the last), epoch 1, plain minus "
+        "residual MLP of the same widths, paired by seed"
+    )
+    needed = {"model.residual", "model.hidden"}
+    if not needed <= set(runs.columns) or curves.empty:
+        return ClaimResult(VANISHING, measured, NOT_MEASURED, "no runs with gradient norms", 0)
+    first_epoch = curves[(curves["epoch"] == 1) & curves["key"].str.startswith("grad_norm/")]
+    by_run = first_epoch.pivot_table(index="run_id", columns="key", values="value")
+    ratios: dict[tuple[str, bool], dict[int, float]] = {}
+    for _, run in runs.iterrows():
+        widths = json.loads(run["model.hidden"]) if isinstance(run["model.hidden"], str) else []
+        first, last = "grad_norm/hidden.0", f"grad_norm/hidden.{len(widths) - 1}"
+        if len(widths) < 2 or run["run_id"] not in by_run.index:
+            continue
+        norms = by_run.loc[run["run_id"]]
+        if first not in norms or last not in norms or not norms[last] > 0 < norms[first]:
+            continue
+        key = (run["model.hidden"], str(run["model.residual"]) == "True")
+        ratios.setdefault(key, {})[int(run["seed"])] = math.log10(norms[first] / norms[last])
+    pairs = [
+        (ratios[(h, False)], ratios[(h, True)]) for h, res in ratios if res and (h, False) in ratios
+    ]
+    if not pairs:
+        return ClaimResult(
+            VANISHING,
+            measured,
+            NOT_MEASURED,
+            "no plain/residual MLP pair with gradient norms (experiments/depth.toml)",
+            0,
+        )
+    plain, residual = pairs[0]
+    diff = paired_difference(plain, residual)
+    evidence = (
+        f"plain {sum(plain.values()) / len(plain):.3g} vs residual "
+        f"{sum(residual.values()) / len(residual):.3g} decades; difference {diff}"
+    )
+    return ClaimResult(
+        VANISHING, measured, verdict_of(diff, -1), evidence, len(plain) + len(residual)
+    )
 
 
 CLAIMS: list[Callable[[pd.DataFrame, pd.DataFrame], ClaimResult]] = [

@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from studylib import figures
-from studylib.claims import check_claims
+from studylib.claims import check_claims, vanishing_gradients
 from studylib.config import ConfigError
 from studylib.results import load_curves, load_runs
 from studylib.stats import mean_ci
@@ -131,9 +131,15 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     groups = list(finished.groupby(["experiment", "arch"], sort=True))
     curves = load_curves(_needed_runs(finished), keys=ARM_KEYS, tracking_uri=tracking_uri)
+    gradients = finished[
+        finished.get("train.grad_norms", pd.Series(dtype=object)).astype(str) == "True"
+    ]
+    grad_curves = load_curves(
+        gradients["run_id"], keys=(), tracking_uri=tracking_uri, prefixes=("grad_norm/",)
+    )
 
     sections = [leaderboard(groups)]
-    claims = claims_section(groups, curves)
+    claims = claims_section(groups, curves, gradients, grad_curves)
     if claims is not None:
         sections.append(claims)
     if len(groups) > 1:
@@ -242,8 +248,23 @@ def _spread(values: pd.Series) -> str:
     return f"{values.mean():.4f} +/- {values.std(ddof=1):.4f} (n={len(values)})"
 
 
-def claims_section(groups, curves: pd.DataFrame) -> Section | None:
+def claims_section(
+    groups, curves: pd.DataFrame, gradients: pd.DataFrame, grad_curves: pd.DataFrame
+) -> Section | None:
     tables = []
+    depth = vanishing_gradients(gradients, grad_curves)
+    if depth.verdict != "not measured":  # a comparison across studies (experiments/depth.toml)
+        tables.append(
+            pd.DataFrame(
+                [
+                    {
+                        "study": "+".join(sorted(set(gradients["experiment"]))),
+                        "arch": "mlp",
+                        **depth.__dict__,
+                    }
+                ]
+            )
+        )
     for (experiment, arch), group in groups:
         arms = group[group["role"] == "arm"]
         if arms.empty:
@@ -264,8 +285,9 @@ def claims_section(groups, curves: pd.DataFrame) -> Section | None:
                     "split, init, batch order and dropout masks); a verdict is computed from the 95% "
                     "t-interval of the paired difference: supported when it lies wholly on the claimed "
                     "side, contradicted when wholly on the other, inconclusive otherwise. The claim on "
-                    "vanishing gradients in deep plain against residual nets is not checked yet: it "
-                    "needs per-layer gradient norms of both (see the README)."
+                    "vanishing gradients needs plain and residual nets of the same depth with "
+                    "per-layer gradient norms (experiments/depth.toml); it appears when the report "
+                    "holds both."
                 ),
                 table=table,
             )

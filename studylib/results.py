@@ -85,16 +85,31 @@ def load_curves(
     run_ids: Iterable[str],
     keys: Sequence[str] = CURVE_KEYS,
     tracking_uri: str = "sqlite:///mlflow.db",
+    prefixes: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Per-epoch histories in long form: run_id, key, epoch, value (sorted)."""
+    """Per-epoch histories in long form: run_id, key, epoch, value (sorted).
+
+    `prefixes` adds every metric whose name starts with one of them ("grad_norm/": the
+    per-layer gradient norms, whose names depend on the model).
+    """
     ids = list(dict.fromkeys(run_ids))
     if not ids:
         return pd.DataFrame(columns=["run_id", "key", "epoch", "value"])
+    if prefixes:
+        keys = list(keys) + _keys_with_prefixes(ids, prefixes, tracking_uri)
     if tracking_uri.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES:
         frame = _curves_from_sql(ids, keys, tracking_uri)
     else:
         frame = _curves_from_client(ids, keys, tracking_uri)
     return frame.sort_values(["run_id", "key", "epoch"]).reset_index(drop=True)
+
+
+def _keys_with_prefixes(ids: list[str], prefixes: Sequence[str], uri: str) -> list[str]:
+    client = MlflowClient(uri)
+    found: set[str] = set()
+    for run_id in ids:
+        found |= {k for k in client.get_run(run_id).data.metrics if k.startswith(tuple(prefixes))}
+    return sorted(found)
 
 
 def _curves_from_sql(ids: list[str], keys: Sequence[str], uri: str) -> pd.DataFrame:

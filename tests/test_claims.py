@@ -95,3 +95,36 @@ def test_check_claims_covers_every_claim_and_ignores_unfinished_runs():
     table = check_claims(pd.DataFrame(rows), curves)
     assert len(table) == 6
     assert set(table["verdict"]) == {SUPPORTED}
+
+
+def gradient_runs(first_over_last: dict[bool, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs, curves = [], []
+    for residual, ratio in first_over_last.items():
+        for seed in SEEDS:
+            run_id = f"{'res' if residual else 'plain'}-{seed}"
+            runs.append(
+                {
+                    "run_id": run_id,
+                    "seed": seed,
+                    "model.hidden": "[8, 8, 8]",
+                    "model.residual": str(residual),
+                }
+            )
+            last = 1.0 + 0.1 * seed
+            for key, value in (("grad_norm/hidden.0", ratio * last), ("grad_norm/hidden.2", last)):
+                curves.append({"run_id": run_id, "key": key, "epoch": 1, "value": value})
+                curves.append({"run_id": run_id, "key": key, "epoch": 2, "value": 1.0})
+    return pd.DataFrame(runs), pd.DataFrame(curves)
+
+
+def test_vanishing_gradient_claim_both_ways():
+    from studylib.claims import vanishing_gradients
+
+    runs, curves = gradient_runs({False: 0.01, True: 0.8})  # plain: first layer 100x weaker
+    result = vanishing_gradients(runs, curves)
+    assert result.verdict == SUPPORTED and result.runs == 6
+    assert "plain -2 vs residual -0.0969" in result.evidence
+    runs, curves = gradient_runs({False: 0.9, True: 0.01})
+    assert vanishing_gradients(runs, curves).verdict == CONTRADICTED
+    runs, curves = gradient_runs({False: 0.9})  # no residual partner
+    assert vanishing_gradients(runs, curves).verdict == NOT_MEASURED
