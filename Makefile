@@ -15,7 +15,7 @@ ARGS ?=
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv with studylib and its dev tools (installs only what is missing)
 
