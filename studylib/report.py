@@ -25,7 +25,8 @@ import seaborn as sns  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from studylib.config import SEARCHABLE, ConfigError  # noqa: E402
-from studylib.tracking import ROLE_TAG, STATUS_TAG  # noqa: E402
+from studylib.redact import redact  # noqa: E402
+from studylib.tracking import REASON_TAG, ROLE_TAG, STATUS_TAG  # noqa: E402
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/acc", "val/acc")
 FINISHED = ("completed", "early_stopped")
@@ -46,6 +47,13 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     runs = runs.rename(columns=lambda c: c.split(".", 1)[1] if c.startswith("tags.") else c)
     runs["trial"] = runs["optuna.trial_number"].astype(int)
     runs["baseline"] = runs.get("studylib.baseline", pd.Series(dtype=object)).eq("true")
+    # A run whose worker died before closing it has no studylib status yet: MLflow's says
+    # RUNNING (until the next sweep closes it as KILLED).
+    if STATUS_TAG not in runs:
+        runs[STATUS_TAG] = None
+    runs[STATUS_TAG] = runs[STATUS_TAG].fillna(runs["status"].str.lower())
+    if REASON_TAG not in runs:
+        runs[REASON_TAG] = ""
     return runs.sort_values("trial").reset_index(drop=True)
 
 
@@ -111,16 +119,17 @@ def write_report(tracking_uri: str, experiment: str, folder: Path) -> Path:
         plot_hparams(finished, swept, folder / "hparams.png"),
     ]
     table = trial_table(runs, swept)
+    unfinished = unfinished_table(runs)
     summary = summary_table(baseline, best)
     context = {
         "experiment": experiment,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact(tracking_uri),
         "counts": runs[STATUS_TAG].value_counts().to_dict(),
         "total": len(runs),
     }
-    (folder / "report.md").write_text(render_markdown(context, summary, table, figures))
+    (folder / "report.md").write_text(render_markdown(context, summary, table, figures, unfinished))
     index = folder / "index.html"
-    index.write_text(render_html(context, summary, table, figures, folder))
+    index.write_text(render_html(context, summary, table, figures, folder, unfinished))
     return index
 
 
@@ -252,6 +261,19 @@ def trial_table(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
     return table.sort_values("val loss", na_position="last").reset_index(drop=True)
 
 
+def unfinished_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Trials without a final result (diverged, pruned, killed, crashed) and why."""
+    rows = runs[~runs[STATUS_TAG].isin(FINISHED)]
+    table = pd.DataFrame(
+        {
+            "trial": rows["trial"],
+            "status": rows[STATUS_TAG],
+            "reason": rows[REASON_TAG].fillna("").astype(str).map(redact),
+        }
+    )
+    return table.sort_values("trial").reset_index(drop=True)
+
+
 def summary_table(baseline, best) -> pd.DataFrame:
     rows = {}
     for label, run in (("baseline", baseline), ("best trial", best)):
@@ -286,7 +308,7 @@ def _markdown_table(df: pd.DataFrame, index: bool = False) -> str:
     return "\n".join([header, rule, *body])
 
 
-def render_markdown(context, summary, table, figures) -> str:
+def render_markdown(context, summary, table, figures, unfinished) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(context["counts"].items()))
     parts = [
         f"# Regularization study: {context['experiment']}",
@@ -297,10 +319,12 @@ def render_markdown(context, summary, table, figures) -> str:
     for fig in figures:
         parts += [f"![{fig.name}]({fig.name})", f"*{fig.caption}*"]
     parts += ["## All trials, by validation loss", _markdown_table(table)]
+    if not unfinished.empty:
+        parts += ["## Trials without a result", _markdown_table(unfinished)]
     return "\n\n".join(parts) + "\n"
 
 
-def render_html(context, summary, table, figures, folder: Path) -> str:
+def render_html(context, summary, table, figures, folder: Path, unfinished) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(context["counts"].items()))
     images = []
     for fig in figures:
@@ -328,5 +352,10 @@ def render_html(context, summary, table, figures, folder: Path) -> str:
         + "".join(images)
         + "<h2>All trials, by validation loss</h2>"
         + table.to_html(index=False, **fmt)
+        + (
+            "<h2>Trials without a result</h2>" + unfinished.to_html(index=False, **fmt)
+            if not unfinished.empty
+            else ""
+        )
         + "</body></html>"
     )
