@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"studylib: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrackingUnavailable as exc:
-        print(f"studylib: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return EXIT_TRACKING_DOWN
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         # A bug or an unreachable database: the traceback helps, the password must not leak.
         print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
         return 1
+
+
+def one_line(text: str) -> str:
+    """Control characters from a file (a key named "\x1e", say) escaped: one line stays one."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -475,81 +475,64 @@ def _check_recovered(
     )
 
 
-def kill9(folder: Path) -> Outcome:
-    outcome = Outcome(
-        "kill -9 mid-trial, then sweep again",
-        "killed trial FAIL + run KILLED, retried with same params; all trials reached",
-    )
-    total = 4
-    exp = write_experiment(folder, epochs=150, trials=total)
-    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
-    first = start(folder, sweep_argv(exp))
-    victim = wait_until(lambda: running_mid_trial(storage), 240, "a trial mid-way")
-    before = snapshot(storage, tracking)
-    first.stop(signal.SIGKILL)
-    outcome.check(
-        trials_of(storage)[victim.number].state == TrialState.RUNNING,
-        "the killed trial was not left RUNNING (nothing to recover?)",
-    )
-    second = run(folder, sweep_argv(exp))
-    outcome.check(second.wait() == 0, f"resume exited {second.wait()}: {second.stderr()[-500:]}")
-    outcome.check(
-        f"trial {victim.number}: its worker (pid {first.pid}" in second.stderr(),
-        "the resume did not say which trial it recovered",
-    )
-    outcome.observed = _check_recovered(
-        outcome, storage, tracking, victim.number, "killed", "KILLED", total, before
-    )
-    outcome.numbers["completed_before"] = len(before)
-    return outcome
+FAULTS = {
+    # how: (exit code of the faulted worker, Optuna failure kind, what the resume must say)
+    "SIGKILL": (-signal.SIGKILL, "killed", "its worker (pid {pid}"),
+    "SIGINT": (130, "interrupted", "trial {number} (interrupted) queued again"),
+    "SIGTERM": (143, "interrupted", "trial {number} (interrupted) queued again"),
+}
 
 
-def signals(folder: Path) -> list[Outcome]:
-    """SIGINT, then SIGTERM, each mid-trial; then a resume that completes the study."""
-    total = 5
+def interruptions(folder: Path, kinds: tuple[str, ...] = ("SIGKILL", "SIGINT", "SIGTERM")):
+    """Each fault in turn hits a worker mid-trial (after at least one more trial completed);
+    the next worker resumes; a last one completes the study. One outcome per fault."""
+    total = 2 * len(kinds) + 1
     exp = write_experiment(folder, epochs=150, trials=total)
     storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
-    outcomes = []
-    victims = []
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+    pending: list[tuple[Outcome, int, dict[int, Record]]] = []
+    proc = start(folder, sweep_argv(exp))
+    for kind in kinds:
+        code, failure, said = FAULTS[kind]
         outcome = Outcome(
-            f"{sig.name} mid-trial",
-            f"exit {code}, no traceback; trial FAIL + run KILLED; retried",
+            f"{'kill -9' if kind == 'SIGKILL' else kind} of a worker mid-trial, then resume",
+            ("killed trial" if kind == "SIGKILL" else f"exit {code}, no traceback; trial")
+            + f" FAIL + run KILLED; retried with same params; {total}/{total} trials",
         )
-        proc = start(folder, sweep_argv(exp))
-        done_before = sum(t.state == TrialState.COMPLETE for t in trials_of(storage))
+        completed = sum(t.state == TrialState.COMPLETE for t in trials_of(storage))
         victim = wait_until(
-            lambda n=done_before: running_mid_trial(storage, completed=n + 1),
-            240,
-            "a trial mid-way",
+            lambda n=completed: running_mid_trial(storage, completed=n + 1), 240, "mid-trial"
         )
         before = snapshot(storage, tracking)
-        proc.popen.send_signal(sig)
+        proc.popen.send_signal(getattr(signal, kind))
         rc = proc.wait(120)
         outcome.check(rc == code, f"exit code {rc}, expected {code}")
-        _no_traceback(outcome, proc, sig.name)
-        outcome.check(
-            f"stopped by {sig.name}" in proc.stderr(), "no one-line explanation on stderr"
-        )
-        trial = trials_of(storage)[victim.number]
-        outcome.check(trial.state == TrialState.FAIL, f"trial is {trial.state.name}")
-        run_ = MlflowClient(tracking).get_run(victim.user_attrs[RUN_ID_ATTR])
-        outcome.check(run_.info.status == "KILLED", f"its run is {run_.info.status}")
-        outcome.check(
-            run_.data.tags.get("studylib.reason") == f"interrupted by {sig.name}",
-            f"run reason {run_.data.tags.get('studylib.reason')!r}",
-        )
-        outcome.numbers.update(exit=rc, victim=victim.number)
-        outcomes.append(outcome)
-        victims.append((outcome, victim.number, before, rc))
-    final = run(folder, sweep_argv(exp))
-    for outcome, victim, before, rc in victims:
-        outcome.check(final.wait() == 0, f"resume exited {final.wait()}")
+        trial = {t.number: t for t in trials_of(storage)}[victim.number]
+        if kind == "SIGKILL":
+            outcome.check(trial.state == TrialState.RUNNING, "the killed trial is not RUNNING")
+        else:
+            _no_traceback(outcome, proc, kind)
+            outcome.check(f"stopped by {kind}" in proc.stderr(), "no one-line explanation")
+            outcome.check(trial.state == TrialState.FAIL, f"trial is {trial.state.name}")
+            run_ = MlflowClient(tracking).get_run(victim.user_attrs[RUN_ID_ATTR])
+            outcome.check(
+                run_.data.tags.get("studylib.reason") == f"interrupted by {kind}",
+                f"run reason {run_.data.tags.get('studylib.reason')!r}",
+            )
+        outcome.numbers.update(exit=rc, victim=victim.number, completed_before=len(before))
+        pending.append((outcome, victim.number, before))
+        expected = said.format(pid=proc.pid, number=victim.number)
+        proc = start(folder, sweep_argv(exp))  # the resume, and the next victim
+        wait_until(lambda p=proc: p.stderr().count("studylib:"), 120, "the resume's notes")
+        outcome.check(expected in proc.stderr(), f"the resume did not say {expected!r}")
+    rc = proc.wait(300)
+    for outcome, victim, before in pending:
+        outcome.check(rc == 0, f"the last resume exited {rc}: {proc.stderr()[-300:]}")
+        failure = FAULTS["SIGKILL" if "kill" in outcome.scenario else "SIGINT"][1]
         summary = _check_recovered(
-            outcome, storage, tracking, victim, "interrupted", "KILLED", total, before
+            outcome, storage, tracking, victim, failure, "KILLED", total, before
         )
-        outcome.observed = f"exit {rc}, no traceback; " + summary
-    return outcomes
+        outcome.observed = f"exit {outcome.numbers['exit']}; {summary}"
+    return [outcome for outcome, _, _ in pending]
 
 
 def diverging(folder: Path) -> Outcome:
@@ -891,8 +874,7 @@ def postgres_heartbeat(folder: Path) -> Outcome:
 
 
 SCENARIOS: dict[str, Callable[[Path], Outcome | list[Outcome]]] = {
-    "kill9": kill9,
-    "signals": signals,
+    "interruptions": interruptions,
     "diverging": diverging,
     "workers": workers_together,
     "postgres": postgres_workers,

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
 import time
@@ -71,15 +72,10 @@ def is_transient(exc: BaseException) -> bool:
         if exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
             return True
         # Raised by MLflow's REST client itself: the request never got a proper answer
-        # (refused, reset, timed out) or got a bare 5xx / 429 from a proxy.
+        # (refused, reset, timed out), or a bare 5xx / 429 came back from a proxy.
         if text.startswith("API request to"):
-            return " failed with error code " not in text or exc.get_http_status_code() in (
-                429,
-                500,
-                502,
-                503,
-                504,
-            )
+            status = re.search(r"failed with error code (\d+)", text)
+            return status is None or int(status.group(1)) in (429, 500, 502, 503, 504)
     return False
 
 
@@ -238,6 +234,15 @@ class Tracker:
             token = page.token
             if not token:
                 return states
+
+    def load_state_dict(self, run_id: str, name: str = "model.pt") -> dict[str, torch.Tensor]:
+        """The weights a run logged. `weights_only=True`: a checkpoint is data, and one that
+        would unpickle arbitrary objects (run code) is refused."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.call(
+                lambda: self.client.download_artifacts(run_id, name, tmp), f"download {name}"
+            )
+            return torch.load(path, map_location="cpu", weights_only=True)
 
     def open_runs(self, role: str) -> list[Any]:
         """Runs of this experiment with the given role that MLflow still holds as RUNNING."""
