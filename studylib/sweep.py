@@ -472,7 +472,10 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
     with stop_on_signals():
-        storage = make_storage(settings.storage, settings.heartbeat_seconds)
+        # Optuna creates its tables in a fresh database without a lock; workers doing so at
+        # once on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
+        with exclusive(settings.storage, "optuna-init"):
+            storage = make_storage(settings.storage, settings.heartbeat_seconds)
         study = open_study(exp, settings, new_study=new_study, storage=storage)
         if study.study_name != exp.name:
             exp = exp.with_values({"name": study.study_name})

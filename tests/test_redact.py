@@ -143,7 +143,7 @@ def test_checkpoints_round_trip_and_pickled_code_is_refused(settings):
     evil = tracker.start_run("evil", tags={})
     run_dir = settings.artifact_root / "evil.pt"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"w": Payload()}, run_dir, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save({"w": Payload()}, run_dir)
     tracker.client.log_artifact(evil.run_id, str(run_dir))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         tracker.load_state_dict(evil.run_id, "evil.pt")
