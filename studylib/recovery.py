@@ -91,8 +91,8 @@ class Worker:
 
     @classmethod
     def current(cls) -> Worker:
-        pid = os.getpid()
-        return cls(socket.gethostname(), _boot_id(), pid, _process_started(pid) or "")
+        """This process (looked up per process id: a forked worker is a worker of its own)."""
+        return _worker(os.getpid())
 
     @classmethod
     def from_attr(cls, value: Any) -> Worker | None:
@@ -118,6 +118,11 @@ class Worker:
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"
+
+
+@cache
+def _worker(pid: int) -> Worker:
+    return Worker(socket.gethostname(), _boot_id(), pid, _process_started(pid) or "")
 
 
 def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool) -> list[str]:
@@ -213,23 +218,22 @@ def study_settings(exp: Experiment) -> dict[str, Any]:
     return settings
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: node}
-
-
-def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`field stored -> current` for each field that differs (absent shown as `-`)."""
-    before, after = _flatten(stored), _flatten(current)
-    return [
-        f"{key} {json.dumps(before.get(key, '-'))} -> {json.dumps(after.get(key, '-'))}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key, "-") != after.get(key, "-")
-    ]
+def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """One line per difference: `field old -> new`, or `section added` / `section removed`."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return (
+            [] if stored == current else [f"{prefix} {json.dumps(stored)} -> {json.dumps(current)}"]
+        )
+    out = []
+    for key in sorted(stored.keys() | current.keys()):
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in current:
+            out.append(f"{path} removed")
+        elif key not in stored:
+            out.append(f"{path} added")
+        else:
+            out.extend(differences(stored[key], current[key], path))
+    return out
 
 
 def check_same_settings(study: optuna.Study, exp: Experiment, where: str) -> None:

@@ -445,13 +445,10 @@ def claim_trial(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        trial.set_user_attr(OWNER_ATTR, WORKER.as_attr())
+        trial.set_user_attr(OWNER_ATTR, Worker.current().as_attr())
         if trial.user_attrs.get(RUN_ID_ATTR) is not None:  # inherited from a retried trial
             trial.set_user_attr(RUN_ID_ATTR, None)
         return trial, False
-
-
-WORKER = Worker.current()
 
 
 def _close_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: str) -> None:
@@ -500,7 +497,7 @@ def _sweep(exp, settings, study, storage, tracker, splits, total, started) -> Sw
             ROLE_TAG: "sweep",
             STUDY_TAG: exp.name,
             "studylib.storage": redact(settings.storage),
-            OWNER_ATTR: json.dumps(WORKER.as_attr()),
+            OWNER_ATTR: json.dumps(Worker.current().as_attr()),
             **environment_tags(),
         },
     )

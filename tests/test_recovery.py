@@ -159,12 +159,15 @@ def test_audit_closes_runs_left_open_and_names_missing_ones(settings):
 
 def test_differences_name_each_changed_field():
     stored = {"train": {"lr": 0.001}, "sweep": {"search": {"dropout": {"low": 0, "high": 0.5}}}}
-    current = {"train": {"lr": 0.01}, "sweep": {"search": {"l2": {"low": 1e-6}}}}
+    current = {"train": {"lr": 0.01}, "sweep": {"search": {"dropout": {"low": 0, "high": 0.6}}}}
     assert differences(stored, current) == [
-        'sweep.search.dropout.high 0.5 -> "-"',
-        'sweep.search.dropout.low 0 -> "-"',
-        'sweep.search.l2.low "-" -> 1e-06',
+        "sweep.search.dropout.high 0.5 -> 0.6",
         "train.lr 0.001 -> 0.01",
+    ]
+    swapped = {"train": {"lr": 0.001}, "sweep": {"search": {"l2": {"low": 1e-6}}}}
+    assert differences(stored, swapped) == [
+        "sweep.search.dropout removed",
+        "sweep.search.l2 added",
     ]
     assert differences(stored, stored) == []
 
