@@ -622,7 +622,8 @@ def workers_together(folder: Path, n: int = 4, total: int = 8) -> Outcome:
     outcome.numbers.update(trials=len(trials), runs=len(runs), ran=ran, locked_retries=locked)
     outcome.observed = (
         f"{len(trials)} trials (numbers 0-{total - 1}, {len(params)} distinct), {len(runs)} runs,"
-        f" baseline {baselines}; per worker {ran}; exit codes {codes}"
+        f" baseline {baselines}; per worker {ran}; exit codes {codes}; 'database is locked' "
+        f"seen {locked}x"
     )
     return outcome
 
