@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TRACKING_DOWN
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(
-            f"studylib: stopped by {signal.Signals(signum).name}; the current trial was closed "
-            "(FAIL in Optuna, KILLED in MLflow) and runs again on resume",
-            file=sys.stderr,
+        closed = (
+            "the current trial was closed (FAIL in Optuna, KILLED in MLflow) and runs again "
+            "on resume"
+            if args.command == "sweep"
+            else "the run was closed as KILLED"
         )
+        print(f"studylib: stopped by {signal.Signals(signum).name}; {closed}", file=sys.stderr)
         return 128 + signum
     except Exception:
         # A bug or an unreachable database: the traceback helps, the password must not leak.

@@ -613,13 +613,16 @@ def _sweep(exp, settings, study, storage, tracker, splits, total, started) -> Sw
 
 def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
     """`studylib train`: one run with the experiment's fixed values, logged like a trial."""
-    device = resolve_device(settings.device)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
-    return run_trial(
-        exp,
-        splits,
-        tracker,
-        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
-    )
+    with stop_on_signals():
+        device = resolve_device(settings.device)
+        splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+        tracker = Tracker(
+            settings.tracking_uri, exp.name, settings.artifact_root, settings.tracking_retry_seconds
+        )
+        return run_trial(
+            exp,
+            splits,
+            tracker,
+            run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
+        )
