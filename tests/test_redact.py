@@ -114,7 +114,7 @@ def test_every_torch_load_in_studylib_is_weights_only():
     ]
     calls = [
         call
-        for path in sorted(Path("studylib").rglob("*.py"))
+        for path in sorted((Path(__file__).parents[1] / "studylib").rglob("*.py"))
         for call in torch_loads(path.read_text(), str(path))
     ]
     assert calls, "the checkpoint loader was not found"
