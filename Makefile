@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
 
-.PHONY: help setup setup-browser sweep ui report test test-slow lint format clean
+.PHONY: help setup setup-browser sweep ui report test test-slow faults lint format clean
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
@@ -44,6 +44,9 @@ test: setup ## the default test suite (leaves out slow and gpu tests)
 test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
+faults: setup ## kill, interrupt, diverge, crowd and cut off sweeps; print what was lost (must be 0)
+	$(BIN)/python -m studylib.faults $(ARGS)
+
 lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,5 +56,5 @@ format: setup ## ruff format and the safe ruff fixes
 	$(BIN)/ruff format .
 
 clean: ## delete generated results: mlflow.db, mlartifacts/, optuna.journal, the data cache, reports
-	rm -rf mlflow.db mlartifacts optuna.journal .studylib-cache
+	rm -rf mlflow.db mlartifacts optuna.journal *.studylib-lock .studylib-cache
 	find reports -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -4,27 +4,55 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 from studylib.config import ConfigError, Settings, load_experiments, parse_assignment
+from studylib.redact import install_log_filter, redact, remember
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # also: a study resumed with other settings
+EXIT_TRACKING_DOWN = 3  # MLflow unreachable past the retry budget; the Optuna study is consistent
 DEFAULTS = Settings()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before anything can print or log a URL: its password is masked everywhere from here on.
+    remember(getattr(args, "storage", ""), args.tracking_uri)
+    install_log_filter()
+    from studylib.tracking import TrackingUnavailable
+
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"studylib: error: {exc}", file=sys.stderr)
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("studylib: interrupted; the current trial was closed as KILLED", file=sys.stderr)
-        return 130
+    except TrackingUnavailable as exc:
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
+        return EXIT_TRACKING_DOWN
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        closed = (
+            "the current trial was closed (FAIL in Optuna, KILLED in MLflow) and runs again "
+            "on resume"
+            if args.command == "sweep"
+            else "the run was closed as KILLED"
+        )
+        print(f"studylib: stopped by {signal.Signals(signum).name}; {closed}", file=sys.stderr)
+        return 128 + signum
+    except Exception:
+        # A bug or an unreachable database: the traceback helps, the password must not leak.
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """Control characters from a file (a key named "\x1e", say) escaped: one line stays one."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_nonnegative_int, help="override the experiment's seed (a study of its own)"
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--new-study",
+        action="store_true",
+        help="if the study exists with other settings, start <name>-v2 (or -v3, ...) beside it",
+    )
+    sweep.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=DEFAULTS.heartbeat_seconds,
+        metavar="SECONDS",
+        help="database storage: heartbeat interval; a trial silent 3x this long is retried "
+        f"(default {DEFAULTS.heartbeat_seconds})",
+    )
+    sweep.add_argument(
+        "--tracking-timeout",
+        type=_positive_float,
+        default=DEFAULTS.tracking_retry_seconds,
+        metavar="SECONDS",
+        help="retry MLflow this long before stopping with an error "
+        f"(default {DEFAULTS.tracking_retry_seconds:.0f})",
+    )
     sweep.set_defaults(handler=cmd_sweep)
 
     train = commands.add_parser("train", help="one run with fixed values, logged like a trial")
@@ -106,6 +155,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -151,11 +207,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         storage=args.storage,
         device=args.device,
         progress=not args.no_progress,
+        heartbeat_seconds=args.heartbeat,
+        tracking_retry_seconds=args.tracking_timeout,
     )
     _check_backends(settings)
     for exp in experiments:
         if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
-            summary = run_sweep(exp, settings, trials=args.trials)
+            summary = run_sweep(exp, settings, trials=args.trials, new_study=args.new_study)
             print(
                 f"study {summary.study_name}: {summary.trials_done} trials "
                 f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
@@ -173,7 +231,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} "
                 f"already done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
             )
-    print(f"MLflow: {settings.tracking_uri} (make ui); report: make report")
+    print(f"MLflow: {redact(settings.tracking_uri)} (make ui); report: make report")
     return 0
 
 
@@ -224,6 +282,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"studylib: the MLflow UI will be reachable from other machines via {args.host}")
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached

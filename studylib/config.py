@@ -291,6 +291,8 @@ class Settings:
     cache_dir: Path = Path(".studylib-cache")
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
+    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 3x this fail
+    tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:

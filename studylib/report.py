@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from studylib import figures
 from studylib.claims import check_claims, vanishing_gradients
 from studylib.config import ConfigError
+from studylib.redact import redact
 from studylib.results import load_curves, load_runs
 from studylib.stats import mean_ci
 from studylib.tracking import GROUP_TAG, ROLE_TAG
@@ -90,7 +91,7 @@ def write_reports(
         if group not in groups:
             known = ", ".join(groups) or "none"
             raise ConfigError(
-                f"--group {group}: no such study group in {tracking_uri}; known: {known}"
+                f"--group {group}: no such study group in {redact(tracking_uri)}; known: {known}"
             )
         members = [s for s in groups[group] if s in studies]
         if not members:
@@ -101,7 +102,7 @@ def write_reports(
         return written
     names = list(experiments) if experiments else studies
     if not names:
-        raise ConfigError(f"{tracking_uri}: no studylib runs found; run `make sweep` first")
+        raise ConfigError(f"{redact(tracking_uri)}: no studylib runs found; run `make sweep` first")
     written = [write_report(tracking_uri, [name], out / name) for name in names]
     if not experiments:
         for name, members in groups.items():
@@ -125,7 +126,7 @@ def write_report(
     finished = runs[runs["status"].isin(FINISHED)] if not runs.empty else runs
     if finished.empty:
         raise ConfigError(
-            f"experiment {', '.join(experiments)!s} in {tracking_uri} has no finished runs "
+            f"experiment {', '.join(experiments)!s} in {redact(tracking_uri)} has no finished runs "
             f"({len(runs)} runs in all); run `make sweep` first"
         )
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def write_report(
     for role, group in states.groupby(runs["role"]):
         counts = ", ".join(f"{n} {state}" for state, n in group.value_counts().sort_index().items())
         parts.append(f"{len(group)} {labels.get(role, role)} ({counts})")
-    intro = f"Read from MLflow ({tracking_uri}): {'; '.join(parts)}."
+    intro = f"Read from MLflow ({redact(tracking_uri)}): {'; '.join(parts)}."
     (folder / "report.md").write_text(render_markdown(title, intro, sections))
     index = folder / "index.html"
     index.write_text(render_html(title, intro, sections, folder))
@@ -506,10 +507,22 @@ def stopping_table(arms: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def problems_section(problems: pd.DataFrame) -> Section:
-    table = problems[["experiment", "role", "trial", "arm", "status", "mlflow_status"]].copy()
-    table["reason"] = problems.get("tag:studylib.reason", pd.Series("", index=problems.index))
+    reasons = problems.get("tag:studylib.reason", pd.Series("", index=problems.index))
+    table = pd.DataFrame(
+        {
+            "trial": problems["trial"],
+            "status": problems["status"].where(
+                problems["status"] != "", problems["mlflow_status"].str.lower()
+            ),
+            "reason": reasons.fillna("").astype(str).map(redact),
+            "study": problems["experiment"],
+            "role": problems["role"],
+            "arm": problems["arm"],
+            "mlflow status": problems["mlflow_status"],
+        }
+    )
     return Section(
-        "Runs that did not finish",
+        "Trials without a result",
         [
             Block(
                 caption=f"{len(problems)} runs diverged, crashed, were killed or are still RUNNING; "

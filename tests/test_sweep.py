@@ -193,3 +193,74 @@ def test_crashed_trial_is_a_failed_run_carrying_its_error(tiny, settings, monkey
     # A crash is not a result: the study does not count it, so a resumed sweep runs it again.
     study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_report_lists_diverged_trials_with_their_reason(tiny, settings, tmp_path):
+    exploding = tiny.with_values(
+        {
+            "train.optimizer": "sgd",
+            "train.lr": 0.1,
+            "sweep.search": {"l2": {"low": 100.0, "high": 1000.0, "log": True}},
+        }
+    )
+    summary = run_sweep(exploding, settings, trials=3)
+    assert summary.trials_done == 3  # diverged trials count: they are results
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "reports" / "tiny")
+    markdown = (index.parent / "report.md").read_text()
+    section = markdown.split("## Trials without a result")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "diverged" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
+    assert all("non-finite loss at epoch" in row for row in rows)
+    assert "Trials without a result" in index.read_text()
+
+
+def test_tracking_outage_mid_sweep_keeps_optuna_consistent_and_resume_names_gaps(
+    tiny, settings, monkeypatch, capsys
+):
+    import dataclasses
+    import socket
+
+    from studylib.tracking import Run, TrackingUnavailable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # else MLflow retries for minutes
+    try:  # the exception MLflow really raises when its server is gone
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("x")
+    except Exception as exc:
+        refused = exc
+    finished = []
+    real_finish, real_batch = Run.finish, MlflowClient.log_batch
+
+    def finish(self, status):
+        real_finish(self, status)
+        finished.append(status)
+
+    def log_batch(self, *args, **kwargs):
+        if finished.count("FINISHED") >= 1:  # the server goes away after the first trial
+            raise refused
+        return real_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "finish", finish)
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    quick = dataclasses.replace(settings, tracking_retry_seconds=0.3)
+    with pytest.raises(TrackingUnavailable, match="trial 1 is marked FAIL"):
+        run_sweep(tiny, quick, trials=3)
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["studylib.failure"] == "tracking"
+
+    monkeypatch.setattr(MlflowClient, "log_batch", real_batch)  # the server is back
+    capsys.readouterr()
+    summary = run_sweep(tiny, quick, trials=3)
+    err = capsys.readouterr().err
+    assert "trials lacking complete MLflow records: 1 (run " in err
+    assert "closed as FAILED" in err
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    retry = study.trials[2]
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == study.trials[1].params
+    assert summary.trials_done == 3 and retry.state == TrialState.COMPLETE
+    client = MlflowClient(settings.tracking_uri)
+    gap = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert gap.info.status == "FAILED" and gap.data.tags["studylib.status"] == "tracking"
