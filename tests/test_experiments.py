@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import local_settings
 from mlflow import MlflowClient
 from torch import nn
 
@@ -21,15 +22,7 @@ FILES = sorted((REPO / "experiments").glob("*.toml"))
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, data_cache) -> Settings:
     """One MLflow database for the module: creating its tables costs more than a tiny run."""
-    root = tmp_path_factory.mktemp("experiments")
-    return Settings(
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        storage=str(root / "optuna.journal"),
-        device="cpu",
-        cache_dir=data_cache,
-        artifact_root=root / "mlartifacts",
-        progress=False,
-    )
+    return local_settings(tmp_path_factory.mktemp("experiments"), data_cache)
 
 
 def shrink(exp: Experiment, epochs: int) -> Experiment:
