@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from studylib.models.common import FrozenConfig
+from studylib.models.common import FrozenConfig, reads_numbers
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -34,8 +34,9 @@ class MLPConfig(FrozenConfig):
     activation: Literal[tuple(ACTIVATIONS)] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1, description="drop probability after each hidden layer")
 
-    def check_input(self, input_shape: tuple[int, ...]) -> None:
-        """Any shape will do: the MLP flattens it."""
+    def check_input(self, input_shape: tuple[int, ...] | None) -> None:
+        """Any shape of numbers will do: the MLP flattens it."""
+        reads_numbers("mlp", input_shape)
 
 
 class MLP(nn.Module):
