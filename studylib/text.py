@@ -259,32 +259,40 @@ def load_text_splits(cfg: DataConfig, seed: int, cache_dir: Path) -> Splits:
     )
 
 
-def _spelling_splits(cfg: DataConfig, seed: int, ws: WordSplits) -> Splits:
-    targets = {"train": list(ws.train), "val": ws.val, "test": ws.test}
+def spelling_pairs(cfg: DataConfig, seed: int, ws: WordSplits) -> dict[str, tuple[list, list]]:
+    """Per split, (noisy sources, clean targets); label noise swaps training targets only."""
+    targets = list(ws.train)
     num_noisy = round(cfg.label_noise * len(ws.train))
     if num_noisy:  # a wrong target: another training word
         rng = np.random.default_rng([seed, 1])
         noisy = rng.choice(len(ws.train), size=num_noisy, replace=False)
         shift = rng.integers(1, len(ws.train), size=num_noisy)
         for i, s in zip(noisy, shift, strict=True):
-            targets["train"][i] = ws.train[(i + s) % len(ws.train)]
+            targets[i] = ws.train[(i + s) % len(ws.train)]
     noise_rng = np.random.default_rng([seed, 2])
-    sources = {
-        "train": misspell(ws.train, cfg.typo_rate, ws.alphabet, noise_rng),
-        "val": misspell(ws.val, cfg.typo_rate, ws.alphabet, noise_rng),
-        "test": misspell(ws.test, cfg.typo_rate, ws.alphabet, np.random.default_rng(TEST_SEED)),
+    test_rng = np.random.default_rng(TEST_SEED)
+    return {
+        "train": (misspell(ws.train, cfg.typo_rate, ws.alphabet, noise_rng), targets),
+        "val": (misspell(ws.val, cfg.typo_rate, ws.alphabet, noise_rng), ws.val),
+        "test": (misspell(ws.test, cfg.typo_rate, ws.alphabet, test_rng), ws.test),
     }
+
+
+def _spelling_splits(cfg: DataConfig, seed: int, ws: WordSplits) -> Splits:
+    pairs = spelling_pairs(cfg, seed, ws)
     # Characters of the clean training words (the clean side is what the model must spell).
     tokenizer = fit_tokenizer("char", ws.train, cfg.vocab_size)
-    src = {k: tokenizer.encode(v) for k, v in sources.items()}
-    tgt = {k: [[BOS_ID, *ids, EOS_ID] for ids in tokenizer.encode(v)] for k, v in targets.items()}
+    src = {k: tokenizer.encode(source) for k, (source, _) in pairs.items()}
+    tgt = {
+        k: [[BOS_ID, *ids, EOS_ID] for ids in tokenizer.encode(t)] for k, (_, t) in pairs.items()
+    }
     src_len = max(len(ids) for split in src.values() for ids in split)
     tgt_len = max(len(ids) for split in tgt.values() for ids in split)
     metrics = _data_metrics(tokenizer, [src["train"], src["val"], src["test"]], ws)
-    for name, words in (("val", ws.val), ("test", ws.test)):
+    for name in ("val", "test"):
         # Exact match of copying the input: the floor any useful model must beat.
-        copied = sum(a == b for a, b in zip(sources[name], words, strict=True))
-        metrics[f"copy_acc/{name}"] = copied / len(words)
+        sources, words = pairs[name]
+        metrics[f"copy_acc/{name}"] = sum(map(str.__eq__, sources, words)) / len(words)
     return Splits(
         x_train=pad(src["train"], src_len),
         y_train=pad(tgt["train"], tgt_len),
