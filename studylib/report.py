@@ -273,14 +273,17 @@ def claims_section(groups, curves: pd.DataFrame) -> Section | None:
 
 def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
     rows = []
-    for (_, arch), group in groups:
+    archs = [arch for (_, arch), _ in groups]
+    for (experiment, arch), group in groups:
         trials = group[group["role"] == "trial"]
         if trials.empty:
             continue
+        # One panel per study: an arch in two studies (MNIST-1D and text) gets two panels.
+        label = arch if archs.count(arch) == 1 else f"{arch} ({experiment})"
         best = trials.loc[trials["selected_val_loss"].idxmin()]
-        rows.append({"arch": arch, "which": "best", "run_id": best["run_id"]})
+        rows.append({"arch": label, "which": "best", "run_id": best["run_id"]})
         for _, base in trials[trials["baseline"]].iterrows():
-            rows.append({"arch": arch, "which": "baseline", "run_id": base["run_id"]})
+            rows.append({"arch": label, "which": "baseline", "run_id": base["run_id"]})
     section = Section("Architectures side by side")
     if rows:
         png = "families.png"

@@ -80,3 +80,30 @@ def test_text_studies_sweep_and_report_with_oov_rates(settings, tmp_path):
     assert word_rows and "| 1 " in word_rows[0].replace("1.0000", "1")
     html = (group_page.parent / "index.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # families, families-test, oov
+
+
+def test_an_arch_in_two_studies_gets_a_panel_each(monkeypatch, tmp_path):
+    from studylib import report
+
+    runs = pd.DataFrame(
+        {
+            "experiment": ["gru_mnist1d", "gru_mnist1d", "gru_words", "gru_words", "cnn_x"],
+            "arch": ["rnn", "rnn", "rnn", "rnn", "cnn"],
+            "role": ["trial"] * 5,
+            "baseline": [True, False, True, False, True],
+            "selected_val_loss": [1.0, 0.5, 2.0, 1.5, 0.7],
+            "run_id": ["a", "b", "c", "d", "e"],
+            "test_acc": [0.5] * 5,
+        }
+    )
+    seen = {}
+
+    def capture(rows, _curves, _path):
+        seen["rows"] = rows
+        return ""
+
+    monkeypatch.setattr(report.figures, "family_curves", capture)
+    monkeypatch.setattr(report.figures, "family_test_accuracy", lambda *_: "")
+    report.families_section(list(runs.groupby(["experiment", "arch"])), None, tmp_path)
+    panels = seen["rows"].groupby("arch")["run_id"].apply(set).to_dict()
+    assert panels == {"rnn (gru_mnist1d)": {"a", "b"}, "rnn (gru_words)": {"c", "d"}, "cnn": {"e"}}
