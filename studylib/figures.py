@@ -374,6 +374,8 @@ def oov_by_tokenizer(runs: pd.DataFrame, path: Path) -> tuple[str, pd.DataFrame]
     oov["split"] = oov["split"].str.removeprefix("oov_rate/")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     sns.barplot(oov, x="tokenizer", y="value", hue="split", errorbar=None, ax=axes[0])
+    for bars in axes[0].containers:
+        axes[0].bar_label(bars, fmt="%.2g", fontsize=7)  # rates near 0 would not show
     axes[0].set_ylabel("OOV rate (share of <unk> tokens)")
     axes[0].set_ylim(0, 1.05)
     sns.barplot(frame, x="tokenizer", y="test_acc", hue="model", errorbar=None, ax=axes[1])
