@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from studylib.models import UNION_TAGS, ModelConfig
 from studylib.models.mlp import MLPConfig
@@ -28,13 +35,26 @@ class Frozen(BaseModel):
 
 
 DIGITS_SHAPE = (8, 8)  # scikit-learn's digits: 1,797 images of 8 x 8 pixels
+TEXT_DATA = ("words", "spelling")  # built from wordfreq's word lists (studylib/text.py)
 # Fields that describe how MNIST-1D is generated; the digits set is fixed and has none.
 MNIST1D_ONLY = ("num_train", "num_test", "length", "generation_seed", "shuffle_seq")
+TEXT_ONLY = ("languages", "words_per_language", "shared_words", "tokenizer", "vocab_size")
+SPELLING_ONLY = ("typo_rate",)
+# The fields each data set owns; setting another's field is an error.
+OWN_FIELDS = {
+    "mnist1d": MNIST1D_ONLY,
+    "digits": (),
+    "words": TEXT_ONLY,
+    "spelling": TEXT_ONLY + SPELLING_ONLY,
+}
+DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "fi")
 
 
 class DataConfig(Frozen):
-    name: Literal["mnist1d", "digits"] = Field(
-        "mnist1d", description="mnist1d: (40,) signals; digits: (8, 8) images, 360 held for test"
+    name: Literal["mnist1d", "digits", "words", "spelling"] = Field(
+        "mnist1d",
+        description="mnist1d: (40,) signals; digits: (8, 8) images, 360 held for test; "
+        "words: language of a word; spelling: restore a misspelled word",
     )
     num_train: int = Field(4000, ge=10, description="MNIST-1D examples for train + validation")
     num_test: int = Field(1000, ge=10, description="MNIST-1D examples for the test split")
@@ -48,22 +68,71 @@ class DataConfig(Frozen):
     label_noise: float = Field(
         0.0, ge=0, lt=1, description="fraction of training labels replaced by a wrong class"
     )
+    languages: tuple[str, ...] = Field(
+        DEFAULT_LANGUAGES, description="text: wordfreq language codes; words: one class each"
+    )
+    words_per_language: int = Field(
+        5000, ge=10, le=100_000, description="text: the most frequent words of each language"
+    )
+    shared_words: Literal["drop", "most_frequent"] = Field(
+        "drop",
+        description="text: a word of several languages is dropped, or labelled by "
+        "the language where it is most frequent",
+    )
+    tokenizer: Literal["char", "word", "bpe"] = Field(
+        "char", description="text: fitted on the training words only"
+    )
+    vocab_size: int = Field(
+        1000, ge=32, le=100_000, description="bpe: tokens at most, specials and letters included"
+    )
+    typo_rate: float = Field(
+        0.1, gt=0, lt=1, description="spelling: chance that a character is edited"
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, languages: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(languages)) != len(languages) or not languages:
+            raise ValueError("must be distinct language codes, at least one")
+        if languages == DEFAULT_LANGUAGES:
+            return languages
+        from wordfreq import available_languages
+
+        known = sorted(available_languages())
+        for code in languages:
+            if code not in known:
+                raise ValueError(f"{code!r} is not a wordfreq language; allowed: {known}")
+        return languages
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.name == "digits":
-            for name in MNIST1D_ONLY:
-                value, default = getattr(self, name), DataConfig.model_fields[name].default
-                if value != default:
-                    raise ValueError(
-                        f"data.{name} = {value!r} applies to mnist1d only; the digits set is "
-                        f"fixed: leave it out (default {default!r})"
-                    )
+        for name in MNIST1D_ONLY + TEXT_ONLY + SPELLING_ONLY:
+            value, default = getattr(self, name), DataConfig.model_fields[name].default
+            if name not in OWN_FIELDS[self.name] and value != default:
+                users = [data for data, own in OWN_FIELDS.items() if name in own]
+                raise ValueError(
+                    f"data.{name} = {value!r} applies to {' and '.join(users)} only, not "
+                    f"{self.name}: leave it out (default {default!r})"
+                )
+        if self.name == "words" and len(self.languages) < 2:
+            raise ValueError(f"data.languages = {list(self.languages)}: words needs 2 or more")
+        if self.name == "spelling" and self.tokenizer != "char":
+            raise ValueError(
+                f"data.tokenizer = {self.tokenizer!r}: spelling reads and writes characters; "
+                "allowed: 'char'"
+            )
         return self
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        """One example's shape, as `load_splits` will deliver it."""
+    def is_text(self) -> bool:
+        return self.name in TEXT_DATA
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One example's shape, as `load_splits` will deliver it; None for token ids, whose
+        length the tokenizer decides."""
+        if self.is_text:
+            return None
         return (self.length,) if self.name == "mnist1d" else DIGITS_SHAPE
 
 
@@ -247,13 +316,18 @@ class Experiment(Frozen):
     @model_validator(mode="after")
     def _model_reads_data(self) -> Experiment:
         # Each family says what it can read; sizes that do not work out fail here, not in fit.
-        try:
-            self.model.check_input(self.data.input_shape)
-        except ValueError as exc:
+        shape = self.data.input_shape
+        what = "token ids" if shape is None else f"examples of shape {shape}"
+        prefix = f"model.arch = {self.model.arch!r} with data.name = {self.data.name!r} ({what})"
+        if (self.model.arch == "seq2seq") != (self.data.name == "spelling"):
             raise ValueError(
-                f"model.arch = {self.model.arch!r} with data.name = {self.data.name!r} "
-                f"(examples of shape {self.data.input_shape}): {exc}"
-            ) from None
+                f"{prefix}: the spelling task and the seq2seq model go together; allowed: "
+                "data.name = 'spelling' with model.arch = 'seq2seq', else another pair"
+            )
+        try:
+            self.model.check_input(shape)
+        except ValueError as exc:
+            raise ValueError(f"{prefix}: {exc}") from None
         return self
 
     def with_values(self, values: dict[str, Any]) -> Experiment:

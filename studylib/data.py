@@ -1,5 +1,5 @@
-"""Data: MNIST-1D generated offline, or scikit-learn's 8 x 8 digits; split train / validation /
-test, kept on the device.
+"""Data: MNIST-1D generated offline, scikit-learn's 8 x 8 digits, or words (studylib/text.py);
+split train / validation / test, kept on the device.
 
 Discipline: validation is carved from the generated training split with the run's seed and
 drives early stopping and Optuna; the test split is scored once per run, on the selected
@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,10 @@ class Splits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
+    num_classes: int  # classes; for "seq2seq", the target vocabulary
+    vocab_size: int | None = None  # token ids in x (text); None: x holds numbers
+    task: str = "classify"  # "classify": y is (N,) labels; "seq2seq": y is (N, T) token ids
+    data_metrics: dict[str, float] = field(default_factory=dict)  # logged once per run (OOV)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -50,7 +53,7 @@ class Splits:
             name: getattr(self, name).to(device)
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         }
-        return Splits(**moved, num_classes=self.num_classes)
+        return replace(self, **moved)
 
 
 def mnist1d_arrays(cfg: DataConfig, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -116,6 +119,10 @@ def digits_arrays() -> dict[str, np.ndarray]:
 
 def load_splits(cfg: DataConfig, seed: int, cache_dir: Path) -> Splits:
     """Seeded train / validation split of the training pool, plus the untouched test set."""
+    if cfg.is_text:
+        from studylib.text import load_text_splits
+
+        return load_text_splits(cfg, seed, cache_dir)
     arrays = mnist1d_arrays(cfg, cache_dir) if cfg.name == "mnist1d" else digits_arrays()
     x, y = arrays["x"], arrays["y"]
     # Independent streams, so changing the noise level never changes which examples are val.

@@ -334,3 +334,62 @@ def family_test_accuracy(groups, path: Path) -> str:
         "Test accuracy per architecture: the unregularized baseline trial against the sweep trial "
         f"with the lowest validation loss. From {len(frame)} runs."
     )
+
+
+def tokenizer_label(runs: pd.DataFrame) -> pd.Categorical:
+    """ "char", "bpe 1000" (BPE with its vocabulary size knob), "word": finest units first."""
+    kind = runs["data.tokenizer"].astype(str)
+    size = pd.to_numeric(runs["data.vocab_size"], errors="coerce").fillna(0).astype(int)
+    label = kind.where(kind != "bpe", "bpe " + size.astype(str))
+    rank = {"char": 0, "bpe": 1, "word": 2}
+    pairs = sorted(
+        set(zip(kind, size, label, strict=True)), key=lambda p: (rank.get(p[0], 3), p[1])
+    )
+    order = list(dict.fromkeys(p[2] for p in pairs))
+    return pd.Categorical(label, categories=order, ordered=True)
+
+
+def oov_by_tokenizer(runs: pd.DataFrame, path: Path) -> tuple[str, pd.DataFrame]:
+    """OOV rate of validation and test per tokenizer, and test accuracy per tokenizer and
+    model: what sub-words buy over words. `runs` need `data.tokenizer`, `data.vocab_size`,
+    `vocab_size`, `oov_rate/val`, `oov_rate/test`, `test_acc`, `arch`, `dataset`."""
+    _theme()
+    frame = runs.assign(
+        tokenizer=tokenizer_label(runs), model=runs["arch"] + " (" + runs["dataset"] + ")"
+    )
+    table = (
+        frame.groupby(["tokenizer", "model"], observed=True)
+        .agg(
+            runs=("test_acc", "size"),
+            vocab=("vocab_size", "mean"),
+            oov_val=("oov_rate/val", "mean"),
+            oov_test=("oov_rate/test", "mean"),
+            test_acc=("test_acc", "mean"),
+        )
+        .reset_index()
+    )
+    oov = frame.melt(
+        id_vars=["tokenizer"], value_vars=["oov_rate/val", "oov_rate/test"], var_name="split"
+    )
+    oov["split"] = oov["split"].str.removeprefix("oov_rate/")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    sns.barplot(oov, x="tokenizer", y="value", hue="split", errorbar=None, ax=axes[0])
+    for bars in axes[0].containers:
+        axes[0].bar_label(bars, fmt="%.2g", fontsize=7)  # rates near 0 would not show
+    axes[0].set_ylabel("OOV rate (share of <unk> tokens)")
+    axes[0].set_ylim(0, 1.05)
+    sns.barplot(frame, x="tokenizer", y="test_acc", hue="model", errorbar=None, ax=axes[1])
+    axes[1].set_ylabel("test accuracy, mean over runs")
+    axes[1].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("tokenizer (fitted on the training words)")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    caption = (
+        "Left: out-of-vocabulary rate of the validation and test words under each tokenizer, "
+        "the share of their tokens mapped to <unk> (splits are disjoint by word, so under word "
+        "tokens every held-out word is unknown). Right: test accuracy (spelling: exact match) "
+        f"per tokenizer and model, mean over runs. From {len(frame)} finished runs that logged "
+        "OOV rates."
+    )
+    return caption, table

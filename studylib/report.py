@@ -7,7 +7,7 @@ Sections, per architecture of the study: the sweep (best trial against the basel
 against each hyperparameter, dropout x L2 heatmap, fANOVA importance, stopping against
 patience, every trial) and the ablation (arm curves over seeds, gap per arm with confidence
 intervals, sparsity and norm for L1 against L2, stopping rules compared, the claims table);
-on top, a leaderboard of test accuracy.
+on top, a leaderboard of test accuracy; for text studies, the OOV rate against tokenizer.
 """
 
 from __future__ import annotations
@@ -145,6 +145,9 @@ def write_report(
         sections.append(claims)
     if len(groups) > 1:
         sections.append(families_section(groups, curves, folder))
+    oov = oov_section(tracking_uri, experiments, folder)
+    if oov is not None:
+        sections.append(oov)
     for (experiment, arch), group in groups if detail else []:
         prefix = f"{experiment}-{arch}"
         sections += sweep_sections(group, curves, folder, prefix)
@@ -298,14 +301,17 @@ def claims_section(
 
 def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
     rows = []
-    for (_, arch), group in groups:
+    archs = [arch for (_, arch), _ in groups]
+    for (experiment, arch), group in groups:
         trials = group[group["role"] == "trial"]
         if trials.empty:
             continue
+        # One panel per study: an arch in two studies (MNIST-1D and text) gets two panels.
+        label = arch if archs.count(arch) == 1 else f"{arch} ({experiment})"
         best = trials.loc[trials["selected_val_loss"].idxmin()]
-        rows.append({"arch": arch, "which": "best", "run_id": best["run_id"]})
+        rows.append({"arch": label, "which": "best", "run_id": best["run_id"]})
         for _, base in trials[trials["baseline"]].iterrows():
-            rows.append({"arch": arch, "which": "baseline", "run_id": base["run_id"]})
+            rows.append({"arch": label, "which": "baseline", "run_id": base["run_id"]})
     section = Section("Architectures side by side")
     if rows:
         png = "families.png"
@@ -315,6 +321,30 @@ def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
         caption = figures.family_test_accuracy(groups, folder / png)
         section.blocks.append(Block(caption, png=png))
     return section
+
+
+def oov_section(tracking_uri: str, experiments: list[str], folder: Path) -> Section | None:
+    """OOV rate against tokenizer (text studies), from every finished run that logged one:
+    sweep trials, ablation arms and single `studylib train` runs (`--set data.tokenizer=...`)."""
+    runs = load_runs(experiments, tracking_uri, roles=("trial", "arm", "train"))
+    if runs.empty or "oov_rate/val" not in runs:
+        return None
+    runs = runs[runs["status"].isin(FINISHED) & runs["oov_rate/val"].notna()]
+    if runs.empty:
+        return None
+    png = "oov.png"
+    caption, table = figures.oov_by_tokenizer(runs, folder / png)
+    return Section(
+        "Out-of-vocabulary rate against tokenizer",
+        [
+            Block(caption, png=png),
+            Block(
+                caption="Per tokenizer and model: finished runs, vocabulary size, mean OOV rate "
+                "of validation and test, mean test accuracy.",
+                table=table,
+            ),
+        ],
+    )
 
 
 def sweep_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) -> list[Section]:

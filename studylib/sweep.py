@@ -184,7 +184,8 @@ def run_trial(
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
-    model = build_model(exp.model, splits.input_shape, splits.num_classes).to(device)
+    shape, classes, vocab = splits.input_shape, splits.num_classes, splits.vocab_size
+    model = build_model(exp.model, shape, classes, vocab).to(device)
     run = tracker.start_run(
         run_name,
         tags={
@@ -241,7 +242,7 @@ def run_trial(
     if result.status == "diverged":
         run.finish("FAILED")
         return TrialOutcome(result, result.status, run.run_id)
-    run.log_metrics(result.final)
+    run.log_metrics({**result.final, **splits.data_metrics})  # data_metrics: OOV rates (text)
     run.log_json("config.json", exp.model_dump(mode="json"))
     if result.state_dict is not None:
         run.log_state_dict(result.state_dict)

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from studylib.config import TrainConfig
 from studylib.data import Splits
 from studylib.stopping import comparison_rules, make_rule, stop_epochs
+from studylib.tasks import TASKS
 
 SPARSITY_THRESHOLD = 1e-3  # |w| below this counts as zero in `weights/sparsity`
 EVAL_BATCH = 8192
@@ -135,22 +135,23 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classify"
+) -> torch.Tensor:
     """(mean cross-entropy, accuracy) as one device tensor of shape (2,); eval mode, no penalty.
 
     The same function scores train, validation and test, so their gap compares like with like.
+    The task (studylib/tasks.py) says what the loss is averaged over and what counts as correct.
     """
     was_training = model.training
     model.eval()
-    loss_sum = x.new_zeros((), dtype=torch.float32)
-    correct = x.new_zeros((), dtype=torch.float32)
+    sums = torch.zeros(3, device=x.device)  # summed loss, its units, correct examples
     for start in range(0, len(y), EVAL_BATCH):
-        logits = model(x[start : start + EVAL_BATCH]).float()
-        target = y[start : start + EVAL_BATCH]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(dim=1) == target).sum()
+        sums += TASKS[task].score(
+            model, x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        )
     model.train(was_training)
-    return torch.stack([loss_sum, correct]) / len(y)
+    return torch.stack([sums[0] / sums[1], sums[2] / len(y)])
 
 
 @torch.no_grad()
@@ -176,6 +177,7 @@ def fit(
     Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
     """
     device = splits.x_train.device
+    task = TASKS[splits.task]
     order = torch.Generator(device=device).manual_seed(seed)
     optimizer = make_optimizer(cfg, model)
     weights = decay_parameters(model)
@@ -203,8 +205,7 @@ def fit(
         perm = torch.randperm(n, device=device, generator=order)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            logits = model(splits.x_train[idx])
-            loss = F.cross_entropy(logits, splits.y_train[idx])
+            loss = task.loss(model, splits.x_train[idx], splits.y_train[idx])
             if cfg.l1 or cfg.l2:
                 loss = loss + penalty(weights, cfg.l1, cfg.l2)
             optimizer.zero_grad(set_to_none=True)
@@ -222,8 +223,8 @@ def fit(
         # One host sync per epoch: every figure is computed on the device, then read at once.
         parts = [
             (objective_sum / n).reshape(1),
-            evaluate(model, splits.x_train, splits.y_train),
-            evaluate(model, splits.x_val, splits.y_val),
+            evaluate(model, splits.x_train, splits.y_train, splits.task),
+            evaluate(model, splits.x_val, splits.y_val, splits.task),
             weight_stats(weights),
         ]
         if grad_norms is not None:
@@ -275,7 +276,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     # The only time the test split is touched: the kept weights, scored once.
-    test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test).tolist()
+    test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, splits.task).tolist()
     kept = history[result.selected_epoch - 1]
     # When would each rule have stopped on these same curves? (0: not within them)
     rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)

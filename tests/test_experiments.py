@@ -30,6 +30,8 @@ def shrink(exp: Experiment, epochs: int) -> Experiment:
     values = {"data.train_examples": 60, "train.max_epochs": epochs, "sweep.pruner.enabled": False}
     if exp.data.name == "mnist1d":
         values |= {"data.num_train": 600, "data.num_test": 200}
+    if exp.data.is_text:
+        values |= {"data.words_per_language": 200}
     return exp.with_values(values)
 
 
@@ -52,9 +54,10 @@ def test_experiment_file_runs_one_epoch(path, shared):
         # The swept dropout reaches the family's dropout layers.
         logistic = exp.model.arch == "mlp" and not exp.model.hidden  # no hidden layer to drop
         if "dropout" in exp.sweep.search and not logistic:
-            model = build_model(
-                exp.with_values({"model.dropout": 0.25}).model, exp.data.input_shape, 10
-            )
+            shape, vocab = exp.data.input_shape, None
+            if shape is None:  # token ids
+                shape, vocab = (8,), 40
+            model = build_model(exp.with_values({"model.dropout": 0.25}).model, shape, 10, vocab)
             rates = {m.p for m in model.modules() if isinstance(m, nn.Dropout)}
             assert 0.25 in rates, exp.name
 

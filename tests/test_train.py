@@ -54,10 +54,10 @@ def scripted_validation(monkeypatch, splits: Splits, losses: list[float]) -> Non
     real = train_module.evaluate
     queue = iter(losses)
 
-    def fake(model, x, y):
+    def fake(model, x, y, *task):
         if x is splits.x_val:
             return torch.tensor([next(queue), 0.5])
-        return real(model, x, y)
+        return real(model, x, y, *task)
 
     monkeypatch.setattr(train_module, "evaluate", fake)
 

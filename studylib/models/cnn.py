@@ -34,7 +34,7 @@ import torch
 from pydantic import Discriminator, Field, Tag, model_validator
 from torch import nn
 
-from studylib.models.common import FrozenConfig
+from studylib.models.common import FrozenConfig, reads_numbers
 from studylib.models.mlp import ACTIVATIONS
 
 Padding = Annotated[int, Field(ge=0)] | Literal["same"]
@@ -152,8 +152,8 @@ class CNNConfig(FrozenConfig):
         "(the last columns a filter cannot reach are dropped)",
     )
 
-    def check_input(self, input_shape: tuple[int, ...]) -> None:
-        feature_plan(self, input_shape)
+    def check_input(self, input_shape: tuple[int, ...] | None) -> None:
+        feature_plan(self, reads_numbers("cnn", input_shape))
 
 
 # ---------------------------------------------------------------------------------------------

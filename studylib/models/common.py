@@ -4,7 +4,12 @@ Sequence models (RNN, Transformer) read an example as T steps of F features: an 
 signal of shape (40,) is 40 steps of one scalar; an 8 x 8 digit image is 8 rows of 8 pixels.
 `patch` groups that many consecutive steps into one step (or token) of patch * F features.
 A padding mask marks padded steps with True (PyTorch's key_padding_mask convention); padding
-must sit at the end of a sequence. MNIST-1D has none; text data (issue 7) will.
+must sit at the end of a sequence. MNIST-1D has none.
+
+Text (studylib/text.py) arrives as (B, T) token ids, right-padded with PAD_ID; the data config
+gives such input the shape None at load time, since the tokenizer decides T. Families that
+read tokens embed them (`vocab_size` given to the model) and, when no mask is passed, take
+`x == PAD_ID` as the padding mask.
 """
 
 from __future__ import annotations
@@ -12,11 +17,33 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
+# Special token ids of every tokenizer (studylib/text.py): <pad>, <unk>, <bos>, <eos>.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
 
 class FrozenConfig(BaseModel):
     """Base of every model config: immutable, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def reads_numbers(arch: str, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The shape, or ValueError for token ids (shape None), which this family cannot read."""
+    if input_shape is None:
+        raise ValueError(
+            f"{arch} reads numbers, not token ids; allowed for text: textcnn, rnn, transformer"
+        )
+    return input_shape
+
+
+def check_token_patch(patch: int) -> None:
+    if patch != 1:
+        raise ValueError(f"model.patch = {patch}: token ids are embedded one by one; allowed: 1")
+
+
+def token_padding_mask(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) ids -> (B, T) mask, True at padding: the one given, else where x == PAD_ID."""
+    return x == PAD_ID if padding_mask is None else padding_mask
 
 
 def sequence_shape(input_shape: tuple[int, ...], patch: int) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from studylib.models.common import FrozenConfig
+from studylib.models.common import FrozenConfig, reads_numbers
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -45,8 +45,9 @@ class MLPConfig(FrozenConfig):
             raise ValueError(f"residual needs equal hidden widths, got {list(self.hidden)}")
         return self
 
-    def check_input(self, input_shape: tuple[int, ...]) -> None:
-        """Any shape will do: the MLP flattens it."""
+    def check_input(self, input_shape: tuple[int, ...] | None) -> None:
+        """Any shape of numbers will do: the MLP flattens it."""
+        reads_numbers("mlp", input_shape)
 
 
 class MLP(nn.Module):

@@ -4,12 +4,15 @@
     head_i = softmax(mask(Q_i K_i^T / sqrt(d_k))) V_i,   Q = X W^Q, K = X W^K, V = X W^V
     d_k = d_v = d_model / h
 
-Self-attention: Q, K and V all come from the same tokens X. Attention is written out plainly
-below and tested against torch.nn.functional.scaled_dot_product_attention on the same weights.
+Self-attention: Q, K and V all come from the same tokens X. Cross-attention (used by the
+encoder-decoder in seq2seq.py): Q comes from one sequence, K and V from another (`memory`).
+Attention is written out plainly below and tested against
+torch.nn.functional.scaled_dot_product_attention on the same weights.
 Masks: a key-padding mask hides padded tokens from every query; a causal mask hides later
 tokens (token t sees tokens 1..t). A hidden key gets exactly zero weight.
 
-Tokens: each step (or each `patch` of steps) is embedded by a linear map; positions enter as a
+Tokens: each step (or each `patch` of steps) is embedded by a linear map (text: each token id
+by an embedding table, padding masked where x == PAD_ID); positions enter as a
 learned table or as the fixed sinusoids PE(pos, 2i) = sin(pos / 10000^(2i / d_model)),
 PE(pos, 2i + 1) = cos(...), added to the embeddings, since attention alone ignores order
 ("Sequentiality" in the notes). Each layer is pre-norm:
@@ -31,10 +34,12 @@ from torch import nn
 
 from studylib.models.common import (
     FrozenConfig,
+    check_token_patch,
     masked_mean,
     sequence_shape,
     to_tokens,
     token_padding,
+    token_padding_mask,
 )
 from studylib.models.mlp import ACTIVATIONS
 
@@ -74,8 +79,11 @@ class TransformerConfig(FrozenConfig):
     def rate(self, site: Rate) -> float:
         return self.dropout if site is None else site
 
-    def check_input(self, input_shape: tuple[int, ...]) -> None:
-        sequence_shape(input_shape, self.patch)
+    def check_input(self, input_shape: tuple[int, ...] | None) -> None:
+        if input_shape is None:
+            check_token_patch(self.patch)
+        else:
+            sequence_shape(input_shape, self.patch)
 
 
 def attention_allowed(
@@ -111,22 +119,32 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         causal: bool = False,
         return_weights: bool = False,
+        memory: torch.Tensor | None = None,
     ):
-        batch, steps, d_model = x.shape  # (B, T, d_model)
+        """Self-attention over x (B, T, d_model); with `memory` (B, S, d_model), cross-attention:
+        queries from x, keys and values from memory (key_padding_mask then masks memory)."""
+        steps = x.shape[1]  # x: (B, T, d_model)
+        source = x if memory is None else memory  # (B, S, d_model); S = T for self-attention
         q = self.split_heads(self.w_q(x))  # (B, h, T, d_k)
-        k = self.split_heads(self.w_k(x))
-        v = self.split_heads(self.w_v(x))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, h, T, T)
-        allowed = attention_allowed(key_padding_mask, causal, steps, steps, x.device)
+        k = self.split_heads(self.w_k(source))  # (B, h, S, d_k)
+        v = self.split_heads(self.w_v(source))
+        allowed = attention_allowed(key_padding_mask, causal, steps, source.shape[1], x.device)
+        out, weights = self.attend(q, k, v, allowed)
+        return (out, weights) if return_weights else out
+
+    def attend(self, q, k, v, allowed: torch.Tensor | None):
+        """Projected heads q (B, h, T, d_k), k and v (B, h, S, d_k) -> output (B, T, d_model)
+        and the weights (B, h, T, S). `allowed`: True where a query may see a key."""
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, h, T, S)
         if allowed is not None:
             # The most negative finite number, not -inf: a hidden key's weight is exp(-huge)
             # = 0 exactly, and a query with every key hidden gets no NaN.
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)  # (B, h, T_q, T_k), rows sum to 1
+        weights = scores.softmax(dim=-1)  # (B, h, T, S), rows sum to 1
         heads = self.attn_dropout(weights) @ v  # (B, h, T, d_k)
-        out = heads.transpose(1, 2).reshape(batch, steps, d_model)  # Concat(head_1..head_h)
-        out = self.w_o(out)  # (B, T, d_model)
-        return (out, weights) if return_weights else out
+        batch, _, steps, _ = heads.shape
+        out = heads.transpose(1, 2).reshape(batch, steps, -1)  # Concat(head_1..head_h)
+        return self.w_o(out), weights  # (B, T, d_model)
 
 
 class EncoderLayer(nn.Module):
@@ -159,11 +177,23 @@ def sinusoids(steps: int, d_model: int) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, input_shape: tuple[int, ...], num_classes: int):
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab_size: int | None = None,
+    ):
         super().__init__()
-        steps, features = sequence_shape(input_shape, cfg.patch)
         self.patch, self.pooling = cfg.patch, cfg.pooling
-        self.embed = nn.Linear(features, cfg.d_model)
+        self.tokens = vocab_size is not None
+        if self.tokens:  # token ids: (T,) -> T embedded tokens
+            check_token_patch(cfg.patch)
+            steps = input_shape[0]
+            self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        else:
+            steps, features = sequence_shape(input_shape, cfg.patch)
+            self.embed = nn.Linear(features, cfg.d_model)
         positions = steps + (cfg.pooling == "cls")
         if cfg.pooling == "cls":
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
@@ -179,9 +209,14 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, num_classes)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T) or (B, T, F); padding_mask: (B, T), True at padded steps."""
-        h = self.embed(to_tokens(x, self.patch))  # (B, T, d_model)
-        padding = token_padding(padding_mask, self.patch)  # (B, T) or None
+        """x: (B, T) or (B, T, F) numbers, or (B, T) token ids; padding_mask: (B, T), True at
+        padded steps (token ids: x == PAD_ID when not given)."""
+        if self.tokens:
+            h = self.embed(x)  # (B, T, d_model)
+            padding = token_padding_mask(x, padding_mask)  # (B, T)
+        else:
+            h = self.embed(to_tokens(x, self.patch))  # (B, T, d_model)
+            padding = token_padding(padding_mask, self.patch)  # (B, T) or None
         if self.pooling == "cls":
             h = torch.cat([self.cls.expand(len(h), -1, -1), h], dim=1)  # (B, 1 + T, d_model)
             if padding is not None:
