@@ -271,7 +271,7 @@ def claims_section(
         )
     for (experiment, arch), group in groups:
         arms = group[group["role"] == "arm"]
-        if arms.empty:
+        if set(arms["arm"]) <= {"baseline"}:  # nothing to compare the baseline with
             continue
         table = check_claims(arms, curves)
         table.insert(0, "arch", arch)
@@ -532,7 +532,14 @@ def stopping_table(arms: pd.DataFrame) -> pd.DataFrame | None:
     if base.empty or not rules:
         return None
     row = {"best epoch": base["best_epoch"].mean()}
-    row.update({c.removeprefix("stop_epoch/"): base[c].mean() for c in sorted(rules)})
+    # Each run scores patience at its own setting: keep the rules the baseline runs recorded.
+    row.update(
+        {
+            c.removeprefix("stop_epoch/"): base[c].mean()
+            for c in sorted(rules)
+            if base[c].notna().any()
+        }
+    )
     return pd.DataFrame([row])
 
 
