@@ -49,5 +49,5 @@ format: setup ## ruff format and the safe ruff fixes
 	$(BIN)/ruff format .
 
 clean: ## delete generated results: mlflow.db, mlartifacts/, optuna.journal, the data cache, reports
-	rm -rf mlflow.db mlartifacts optuna.journal .studylib-cache
+	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts optuna.journal .studylib-cache
 	find reports -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -155,6 +155,22 @@ class Experiment(Frozen):
 
 
 @dataclass(frozen=True)
+class Speed:
+    """How a run uses the hardware; off by default until `make bench` shows a knob winning.
+
+    Neither knob changes the arithmetic beyond float rounding: bf16 runs the forward passes
+    under `torch.autocast` (losses and metrics stay float32), compile wraps the model in
+    `torch.compile` (the first epochs pay for compilation).
+    """
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+
+
+DEFAULT_SPEED = Speed()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where results go and what runs them: not part of an experiment's science."""
 
@@ -164,6 +180,7 @@ class Settings:
     cache_dir: Path = Path(".studylib-cache")
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
+    speed: Speed = DEFAULT_SPEED
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:

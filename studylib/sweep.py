@@ -18,7 +18,15 @@ import torch
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from studylib.config import REGULARIZER_OFF, SEARCHABLE, Experiment, SearchRange, Settings
+from studylib.config import (
+    DEFAULT_SPEED,
+    REGULARIZER_OFF,
+    SEARCHABLE,
+    Experiment,
+    SearchRange,
+    Settings,
+    Speed,
+)
 from studylib.data import Splits, load_splits
 from studylib.models import build_model
 from studylib.tracking import (
@@ -112,6 +120,7 @@ def run_trial(
     parent_id: str | None = None,
     trial: optuna.Trial | None = None,
     progress: Progress | None = None,
+    speed: Speed = DEFAULT_SPEED,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
 
@@ -130,17 +139,22 @@ def run_trial(
             "studylib.dataset": exp.data.name,
             "studylib.seed": str(exp.seed),
             "studylib.device": str(device),
+            "studylib.precision": speed.precision,
+            "studylib.compile": str(speed.compile),
         },
         parent_id=parent_id,
     )
-    run.log_params(exp.flat())
-    run.log_params({"model.parameters": sum(p.numel() for p in model.parameters())})
+    # One write for all params: each MLflow call is a database transaction.
+    run.log_params({**exp.flat(), "model.parameters": sum(p.numel() for p in model.parameters())})
+
+    # Each report is a write to Optuna's storage: make it only when a pruner will read it.
+    prunable = trial is not None and not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_epoch(epoch, metrics)
         if progress is not None:
             progress.epoch(epoch, exp.train.max_epochs)
-        if trial is not None:
+        if prunable:
             trial.report(metrics["val/loss"], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(
@@ -148,7 +162,7 @@ def run_trial(
                 )
 
     try:
-        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch)
+        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch, speed=speed)
     except optuna.TrialPruned as pruned:
         run.set_tags({STATUS_TAG: "pruned", REASON_TAG: str(pruned)})
         run.finish("FINISHED")
@@ -164,15 +178,15 @@ def run_trial(
 
     if result.status == "diverged" and result.history:
         run.log_epoch(len(result.history), result.history[-1])  # the finite part of that epoch
-    run.set_tags({STATUS_TAG: result.status, REASON_TAG: result.reason})
+    closing = {STATUS_TAG: result.status, REASON_TAG: result.reason}
     if result.status == "diverged":
-        run.finish("FAILED")
+        run.finish("FAILED", tags=closing)
         return TrialOutcome(result, result.status, run.run_id)
-    run.log_metrics(result.final)
-    run.log_json("config.json", exp.model_dump(mode="json"))
-    if result.state_dict is not None:
-        run.log_state_dict(result.state_dict)
-    run.finish("FINISHED")
+    run.log_files(
+        json_files={"config.json": exp.model_dump(mode="json")},
+        state_dicts={"model.pt": result.state_dict} if result.state_dict is not None else None,
+    )
+    run.finish("FINISHED", tags=closing, metrics=result.final)
     return TrialOutcome(result, result.status, run.run_id)
 
 
@@ -290,6 +304,7 @@ def run_sweep(exp: Experiment, settings: Settings, trials: int | None = None) ->
                 parent_id=parent.run_id,
                 trial=trial,
                 progress=progress,
+                speed=settings.speed,
             )
         except optuna.TrialPruned:
             progress.finish_trial(None)
@@ -347,4 +362,5 @@ def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
         tracker,
         run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
+        speed=settings.speed,
     )

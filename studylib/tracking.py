@@ -8,13 +8,18 @@ and at the end of a run, never one call per value.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import platform
+import sqlite3
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import optuna
@@ -22,6 +27,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 FLUSH_SECONDS = 5.0  # a crash loses at most this much of a run's curve
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch request
@@ -39,6 +46,28 @@ def is_local_database(tracking_uri: str) -> bool:
     return tracking_uri.startswith("sqlite:")
 
 
+def _fast_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """WAL journal, synchronous=NORMAL: a commit no longer waits for the disk.
+
+    MLflow commits every call; under the default rollback journal each commit costs several
+    fsyncs (15-20 ms measured on a busy disk, 2-5 ms with this). SQLite's guarantee with WAL +
+    NORMAL: the database is never corrupted; a power cut (not a crash of the process) may
+    lose the last transactions. WAL also lets parallel workers read while one writes.
+    """
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError:  # locked by another process mid-switch: keep defaults
+            pass
+
+
+def use_fast_sqlite() -> None:
+    """Apply `_fast_sqlite` to every SQLite connection this process opens from now on."""
+    if not event.contains(Engine, "connect", _fast_sqlite):
+        event.listen(Engine, "connect", _fast_sqlite)
+
+
 def environment_tags() -> dict[str, str]:
     commit = git_commit()
     return {
@@ -51,8 +80,12 @@ def environment_tags() -> dict[str, str]:
     }
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the studylib checkout, '+dirty' when it has uncommitted changes."""
+    """The commit of the studylib checkout, '+dirty' when it has uncommitted changes.
+
+    Read once per process: two `git` calls per trial would cost more than the trial's MLflow run.
+    """
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -77,6 +110,8 @@ class Tracker:
     """The MLflow experiment of one study."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_root: Path | None = None):
+        if is_local_database(tracking_uri):
+            use_fast_sqlite()
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment_id = self._experiment(experiment_name, artifact_root)
@@ -102,15 +137,16 @@ class Tracker:
         if parent_id is not None:
             tags[PARENT_RUN_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        return Run(self.client, run.info.run_id)
+        return Run(self.client, run.info.run_id, run.info.artifact_uri)
 
 
 class Run:
     """One MLflow run, written in batches."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str | None = None):
         self.client = client
         self.run_id = run_id
+        self.artifact_uri = artifact_uri
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
 
@@ -145,18 +181,60 @@ class Run:
         self._last_flush = time.monotonic()
 
     def log_json(self, name: str, payload: Any) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(json.dumps(payload, indent=2, sort_keys=True))
-            self.client.log_artifact(self.run_id, str(path))
+        self.log_files(json_files={name: payload})
 
     def log_state_dict(self, state_dict: dict[str, torch.Tensor], name: str = "model.pt") -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            torch.save(state_dict, path)
-            self.client.log_artifact(self.run_id, str(path))
+        self.log_files(state_dicts={name: state_dict})
 
-    def finish(self, status: str) -> None:
-        """`status` is an MLflow run status: FINISHED, FAILED or KILLED."""
-        self.flush()
+    def log_files(
+        self,
+        json_files: dict[str, Any] | None = None,
+        state_dicts: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Write JSON payloads and `torch.save`d state dicts as the run's artifacts.
+
+        With a local artifact store the files are written in place (MLflow would copy them
+        there after looking the run up again); otherwise they go up in one upload.
+        """
+        local = self._local_artifact_dir()
+        with tempfile.TemporaryDirectory() if local is None else contextlib.nullcontext() as tmp:
+            folder = local if local is not None else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, payload in (json_files or {}).items():
+                (folder / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
+            for name, state_dict in (state_dicts or {}).items():
+                torch.save(state_dict, folder / name)
+            if local is None:
+                self.client.log_artifacts(self.run_id, tmp)
+
+    def _local_artifact_dir(self) -> Path | None:
+        if self.artifact_uri is None or not self.artifact_uri.startswith("file:"):
+            return None
+        return Path(url2pathname(urlparse(self.artifact_uri).path))
+
+    def finish(
+        self,
+        status: str,
+        tags: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Close the run with an MLflow status (FINISHED, FAILED or KILLED).
+
+        The queued epochs, `metrics` (at step 0) and `tags` go out together in one `log_batch`:
+        a trial's closing writes cost one database transaction, not three.
+        """
+        if metrics:
+            now = int(time.time() * 1000)
+            self._pending.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
+        tag_items = [RunTag(key, str(value)[:5000]) for key, value in (tags or {}).items()]
+        pending, self._pending = self._pending, []
+        batches = [
+            pending[start : start + MAX_METRICS_PER_BATCH]
+            for start in range(0, len(pending), MAX_METRICS_PER_BATCH)
+        ] or [[]]
+        for number, batch in enumerate(batches):
+            extra = tag_items if number == 0 else []  # the tags ride with the first batch
+            if batch or extra:
+                self.client.log_batch(self.run_id, metrics=batch, tags=extra)
+        self._last_flush = time.monotonic()
         self.client.set_terminated(self.run_id, status=status)
