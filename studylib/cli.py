@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from studylib.config import ConfigError, Settings, load_experiment, parse_assignment
+from studylib.config import ConfigError, Settings, Speed, load_experiment, parse_assignment
 
 EXIT_BAD_INPUT = 2
 DEFAULTS = Settings()
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_nonnegative_int, help="override the experiment's seed (a study of its own)"
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_speed_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
     train = commands.add_parser("train", help="one run with fixed values, logged like a trial")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_args(train)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
+    _add_speed_args(train, workers=False)
     train.set_defaults(handler=cmd_train)
 
     report = commands.add_parser("report", help="write the comparison report from MLflow")
@@ -88,6 +90,34 @@ def _add_backend_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.tracking_uri,
         help=f"MLflow tracking URI (default {DEFAULTS.tracking_uri})",
     )
+
+
+def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> None:
+    speed = parser.add_argument_group("speed (make bench measures each)")
+    if workers:
+        speed.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=1,
+            help="worker processes on this machine sharing the study (default 1)",
+        )
+        speed.add_argument(
+            "--population",
+            type=_positive_int,
+            default=1,
+            help="train this many trials at once as one batched model (default 1)",
+        )
+    speed.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=DEFAULTS.speed.precision,
+        help="bf16: forward passes under torch.autocast (default fp32)",
+    )
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _speed(args: argparse.Namespace) -> Speed:
+    return Speed(precision=args.precision, compile=args.compile)
 
 
 def _positive_int(text: str) -> int:
@@ -125,7 +155,7 @@ def _check_backends(settings: Settings) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from studylib.sweep import run_sweep
+    from studylib.sweep import check_speedups, run_sweep
 
     exp = load_experiment(args.experiment)
     if args.seed is not None and args.seed != exp.seed:
@@ -137,9 +167,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         storage=args.storage,
         device=args.device,
         progress=not args.no_progress,
+        speed=_speed(args),
     )
     _check_backends(settings)
-    summary = run_sweep(exp, settings, trials=args.trials)
+    check_speedups(exp, settings, args.workers, args.population)
+    summary = run_sweep(
+        exp, settings, trials=args.trials, workers=args.workers, population=args.population
+    )
     print(
         f"study {summary.study_name}: {summary.trials_done} trials "
         f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
@@ -158,7 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_assignment(text) for text in args.assignments)
     exp = load_experiment(args.experiment, overrides)
-    settings = replace(DEFAULTS, tracking_uri=args.tracking_uri, device=args.device)
+    settings = replace(
+        DEFAULTS, tracking_uri=args.tracking_uri, device=args.device, speed=_speed(args)
+    )
     _check_backends(settings)
     outcome = run_single(exp, settings)
     result = outcome.result
