@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXPERIMENT ?= experiments/default.toml
 ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup sweep ui report test test-slow lint format clean
+.PHONY: help setup sweep ui report test test-slow lint format clean bench gpu-check
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENT=experiments/x.toml] [ARGS='--trials 50']"
@@ -39,6 +40,12 @@ test: setup ## the default test suite (leaves out slow and gpu tests)
 
 test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+bench: setup ## speed against the floor and the tutorial sweep (BENCH_ARGS=--quick: a few minutes)
+	$(BIN)/python -m studylib.bench $(BENCH_ARGS)
+
+gpu-check: setup ## on a CUDA machine: gpu tests + benchmark, results under $OUT (or bench/out)
+	PYTHON=$(BIN)/python ./bench/gpu-check.sh
 
 lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check .

@@ -50,6 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -359,14 +360,15 @@ def tutorial_sweep(
     try:
         from optuna_integration.mlflow import MLflowCallback
 
-        with contextlib.redirect_stderr(open(os.devnull, "w")):  # its deprecation notice
+        with warnings.catch_warnings():  # deprecated since optuna 4.9, experimental decorator
+            warnings.simplefilter("ignore")
             callback = MLflowCallback(
                 tracking_uri=uri,
                 metric_name="val_loss",
                 create_experiment=False,
                 mlflow_kwargs={"nested": True},
             )
-        tracked = callback.track_in_mlflow()(objective)
+            tracked = callback.track_in_mlflow()(objective)
         callbacks = [callback]
         how = "optuna_integration.mlflow.MLflowCallback (track_in_mlflow, nested runs)"
     except ImportError:
@@ -474,6 +476,7 @@ def leak_check(folder: Path, cache_dir: Path, early: int, late: int) -> dict[str
     raw["model"] = {"arch": "mlp", "hidden": [32], "dropout": 0.1}
     raw["train"].update(max_epochs=2, batch_size=50)
     exp = Experiment.model_validate(raw)
+    folder.mkdir(parents=True, exist_ok=True)
     settings = _settings(folder, "leaks", cache_dir, resolve_device("cpu"))
     sweep_module.run_sweep(exp, settings, trials=early)
     gc.collect()

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import sqlalchemy  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from studylib.config import SEARCHABLE, ConfigError  # noqa: E402
@@ -50,14 +51,54 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 
 def load_curves(tracking_uri: str, run_ids: list[str], keys=CURVE_KEYS) -> pd.DataFrame:
-    """Per-epoch histories in long form: run_id, key, epoch, value."""
+    """Per-epoch histories in long form: run_id, key, epoch, value.
+
+    From a database-backed MLflow the points come in one query per chunk of runs: 1,000 runs x
+    100 epochs x 4 curves took 40 s as 4,000 `get_metric_history` calls on SQLite, about 1 s
+    this way. Other stores (a tracking server) are asked run by run.
+    """
+    ids = list(dict.fromkeys(run_ids))
+    if ids and tracking_uri.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES:
+        return _curves_from_database(tracking_uri, ids, list(keys))
     client = MlflowClient(tracking_uri)
     rows = []
-    for run_id in run_ids:
+    for run_id in ids:
         for key in keys:
             for metric in client.get_metric_history(run_id, key):
                 rows.append((run_id, key, metric.step, metric.value))
     return pd.DataFrame(rows, columns=["run_id", "key", "epoch", "value"])
+
+
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+RUNS_PER_QUERY = 500
+
+
+def _curves_from_database(tracking_uri: str, ids: list[str], keys: list[str]) -> pd.DataFrame:
+    # MLflow's SQL schema keeps every logged point in `metrics` (run_uuid, key, value,
+    # timestamp, step, is_nan); a NaN is stored as value 0 with is_nan set.
+    query = sqlalchemy.text(
+        "SELECT run_uuid AS run_id, key, step AS epoch, value, is_nan, timestamp FROM metrics "
+        "WHERE run_uuid IN :ids AND key IN :keys"
+    ).bindparams(
+        sqlalchemy.bindparam("ids", expanding=True), sqlalchemy.bindparam("keys", expanding=True)
+    )
+    engine = sqlalchemy.create_engine(tracking_uri)
+    try:
+        with engine.connect() as connection:
+            parts = [
+                pd.read_sql(
+                    query, connection, params={"ids": ids[i : i + RUNS_PER_QUERY], "keys": keys}
+                )
+                for i in range(0, len(ids), RUNS_PER_QUERY)
+            ]
+    finally:
+        engine.dispose()
+    frame = pd.concat(parts, ignore_index=True)
+    frame["value"] = frame["value"].where(~frame["is_nan"].astype(bool), float("nan"))
+    # A point written twice (a retried write) counts once: the later one.
+    frame = frame.sort_values(["run_id", "key", "epoch", "timestamp"])
+    frame = frame.drop_duplicates(["run_id", "key", "epoch"], keep="last")
+    return frame[["run_id", "key", "epoch", "value"]].reset_index(drop=True)
 
 
 def study_names(tracking_uri: str) -> list[str]:

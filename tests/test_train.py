@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from studylib import train as train_module
-from studylib.config import DataConfig, TrainConfig
+from studylib.config import DataConfig, Speed, TrainConfig
 from studylib.data import Splits, load_splits
 from studylib.models import build_model
 from studylib.models.mlp import MLPConfig
@@ -177,3 +177,23 @@ def test_l1_produces_more_small_weights_than_l2(splits):
     l1 = fit(mlp(), splits, TrainConfig(**base, l1=3e-3), seed=0)
     l2 = fit(mlp(), splits, TrainConfig(**base, l2=3e-3), seed=0)
     assert l1.history[-1]["weights/sparsity"] > l2.history[-1]["weights/sparsity"]
+
+
+def test_bf16_autocast_rounds_differently_but_trains_alike(splits):
+    cfg = TrainConfig(lr=1e-2, batch_size=50, max_epochs=3, early_stopping=False)
+    plain = fit(mlp(), splits, cfg, seed=0)
+    bf16 = fit(mlp(), splits, cfg, seed=0, speed=Speed(precision="bf16"))
+    assert bf16.history[0]["train/loss"] != plain.history[0]["train/loss"]  # autocast was on
+    for mine, theirs in zip(bf16.history, plain.history, strict=True):
+        assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=0.02)
+    assert all(t.dtype == torch.float32 for t in bf16.state_dict.values())  # weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(splits):
+    cfg = TrainConfig(lr=1e-2, batch_size=50, max_epochs=2, early_stopping=False)
+    eager = fit(mlp(), splits, cfg, seed=0)
+    compiled = fit(mlp(), splits, cfg, seed=0, speed=Speed(compile=True))
+    for mine, theirs in zip(compiled.history, eager.history, strict=True):
+        assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=1e-4)
+    assert compiled.state_dict.keys() == eager.state_dict.keys()  # no "_orig_mod." prefix
