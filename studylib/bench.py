@@ -32,8 +32,11 @@ and regularizers (dropout 0.1, L2 1e-4) go through:
 
 It prints a table of medians over repeats and writes JSON to $OUT/bench.json when OUT is set,
 else to bench/out/bench.json. Timings depend on what else the machine runs: the JSON keeps the
-load average before and after. MLflow's telemetry is switched off here (its network calls
-depend on the network, not on the code measured).
+load average before and after. Every in-process measure (floor, trial, tutorial, one-worker
+and population sweeps) uses `--threads` torch threads, 1 by default (small models gain little
+from more, and on 2 busy cores two threads ran the same trial 2-10x slower); parallel workers
+take cores // workers each, as `studylib sweep --workers` does. MLflow's telemetry is switched
+off here (its network calls depend on the network, not on the code measured).
 """
 
 from __future__ import annotations
@@ -212,7 +215,8 @@ def studylib_sweep(
     """One `studylib sweep` invocation of `trials` new trials; time in `fit` measured apart.
 
     The stores exist beforehand (a study's database is created once, not per sweep).
-    `threads`: torch threads of the in-process sweep (0: the cores, as the CLI has it).
+    `threads`: torch threads of an in-process sweep (0: the cores, as the CLI has it); the
+    worker processes of a parallel sweep set their own (cores // workers).
     """
     Tracker(settings.tracking_uri, exp.name, settings.artifact_root)  # create the database
     fit_seconds = [0.0]
@@ -469,28 +473,28 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def leak_check(folder: Path, cache_dir: Path, early: int, late: int) -> dict[str, float]:
-    """Resident memory after `early` and after `late` trials of one sweep in this process."""
+def leak_check(
+    folder: Path, cache_dir: Path, early: int, late: int, device: torch.device | None = None
+) -> dict[str, float]:
+    """Resident memory (and CUDA memory held) after `early` and after `late` trials of one
+    sweep in this process."""
+    device = device or torch.device("cpu")
     raw = json.loads(json.dumps(BENCH_EXPERIMENT))
     raw.update(name="leaks", data={"num_train": 600, "num_test": 200, "train_examples": 300})
     raw["model"] = {"arch": "mlp", "hidden": [32], "dropout": 0.1}
     raw["train"].update(max_epochs=2, batch_size=50)
     exp = Experiment.model_validate(raw)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = _settings(folder, "leaks", cache_dir, resolve_device("cpu"))
-    sweep_module.run_sweep(exp, settings, trials=early)
-    gc.collect()
-    after_early = resident_bytes()
-    sweep_module.run_sweep(exp, settings, trials=late)
-    gc.collect()
-    after_late = resident_bytes()
-    return {
-        "trials_early": early,
-        "trials_late": late,
-        "rss_mb_early": after_early / 2**20,
-        "rss_mb_late": after_late / 2**20,
-        "leak_ratio": after_late / after_early,
-    }
+    settings = _settings(folder, "leaks", cache_dir, device)
+    out: dict[str, float] = {"trials_early": early, "trials_late": late}
+    for label, trials in (("early", early), ("late", late)):
+        sweep_module.run_sweep(exp, settings, trials=trials)
+        gc.collect()
+        out[f"rss_mb_{label}"] = resident_bytes() / 2**20
+        if device.type == "cuda":
+            out[f"cuda_mb_{label}"] = torch.cuda.memory_allocated(device) / 2**20
+    out["leak_ratio"] = out["rss_mb_late"] / out["rss_mb_early"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,7 +674,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["report"] = report_at_scale(args.report_runs, 100, folder)
         if "leaks" in args.sections:
             with section("leaks", "leaks: 20 then 200 trials in this process"):
-                results["leaks"] = leak_check(folder, args.cache_dir, 20, 200)
+                results["leaks"] = leak_check(folder, args.cache_dir, 20, 200, device)
     results["load_average_after"] = os.getloadavg()
     results["targets"] = check_targets(results, device)
     return results
@@ -871,7 +875,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--population", type=int, help="population size (1: skip)")
     parser.add_argument("--report-runs", type=int, help="synthetic runs for the report")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every in-process measure (default 1; 0: torch's default, the "
+        "cores); workers get cores // workers each, as with `studylib sweep --workers`",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Settings().cache_dir)
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default $OUT or bench/out)"

@@ -67,7 +67,8 @@ class MemberDropout(nn.Module):
 
     def __init__(self, rate: float):
         super().__init__()
-        self.register_buffer("rate", torch.tensor(float(rate)))
+        # Not persistent: a member's model.pt holds exactly what its sequential trial's holds.
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
         self.active = rate > 0  # set for the whole population: False skips the random draw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +149,7 @@ class Population:
             model = build_model(exp.model, splits.input_shape, splits.num_classes).to(device)
             _check_supported(model)
             models.append(_with_member_dropout(model))
-        self.parameters = sum(p.numel() for p in models[0].parameters())
+        self.parameter_count = sum(p.numel() for p in models[0].parameters())
         self.state_names = list(models[0].state_dict())  # what a member's model.pt holds
         params, buffers = stack_module_state(models)
         self.params = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
@@ -165,7 +166,14 @@ class Population:
         self.decay = self._per_member(decay, device)
         self.optimizer = make_optimizer(self.cfg, list(self.params.values()))
         self.best = {k: p.detach().clone() for k, p in self.params.items()}
+        self._note_regularizers()
         self._dry_run(splits.x_train[:2])
+
+    def _note_regularizers(self) -> None:
+        # Read on the host once per change of members, never per batch (that would sync).
+        self.any_l1 = bool(self.l1.any())
+        self.any_l2 = bool(self.l2.any())
+        self.any_decay = bool((self.decay != 1).any())
 
     @staticmethod
     def _per_member(values: list[float], device: torch.device) -> torch.Tensor:
@@ -193,9 +201,9 @@ class Population:
     def penalty(self) -> torch.Tensor:
         """Per member: l1 * sum |w| + l2 * sum w^2 over its weight matrices, shape (P,)."""
         total = torch.zeros_like(self.l1)
-        if bool(self.l1.any()):
+        if self.any_l1:
             total = total + self.l1 * sum(w.abs().flatten(1).sum(1) for w in self.weights())
-        if bool(self.l2.any()):
+        if self.any_l2:
             total = total + self.l2 * sum(w.square().flatten(1).sum(1) for w in self.weights())
         return total
 
@@ -207,7 +215,7 @@ class Population:
         objective = loss.view(size, -1).mean(1) + self.penalty()  # (P,)
         self.optimizer.zero_grad(set_to_none=True)
         objective.sum().backward()  # members are independent: each gets its own gradient
-        if bool((self.decay != 1).any()):
+        if self.any_decay:
             with torch.no_grad():
                 for w in self.weights():
                     w.mul_(self.decay.view(-1, *[1] * (w.ndim - 1)))
@@ -276,6 +284,7 @@ class Population:
         self.l1, self.l2, self.decay = (
             t.index_select(0, index) for t in (self.l1, self.l2, self.decay)
         )
+        self._note_regularizers()
         self.optimizer = make_optimizer(self.cfg, list(self.params.values()))
         for k, new in self.params.items():
             old = old_params[k]
@@ -496,7 +505,7 @@ def run_population(
                         tags,
                         parent_id,
                         settings.speed,
-                        batch.parameters,
+                        batch.parameter_count,
                         splits.x_train.device,
                     )
                 )

@@ -20,6 +20,7 @@ trial depends on timing, so a parallel sweep explores differently on every run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -150,7 +151,8 @@ def work(
 ) -> None:
     """One worker process: claim a trial, run it, repeat while trials remain."""
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
+        torch.set_num_interop_threads(1)
     from studylib.data import load_splits
     from studylib.sweep import Progress, open_study, trial_objective
     from studylib.tracking import Tracker

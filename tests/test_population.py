@@ -56,6 +56,7 @@ def assert_same_run(expected, got):
     assert got.final.keys() == expected.final.keys()
     for key in got.final:
         assert got.final[key] == pytest.approx(expected.final[key], rel=1e-4, abs=1e-5), key
+    assert got.state_dict.keys() == expected.state_dict.keys()  # loads into a plain model
     for key, tensor in expected.state_dict.items():
         assert torch.allclose(got.state_dict[key], tensor, atol=1e-5), key
 
