@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,26 @@ def floor_trial(exp: Experiment, splits: Splits) -> tuple[float, list[float]]:
 # studylib
 
 
+@contextlib.contextmanager
+def time_in_fit() -> Iterator[list[float]]:
+    """Seconds spent inside `train.fit` by sweep code while the context is open ([total])."""
+    total = [0.0]
+    real_fit = sweep_module.fit
+
+    def timed_fit(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return real_fit(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    sweep_module.fit = timed_fit
+    try:
+        yield total
+    finally:
+        sweep_module.fit = real_fit
+
+
 def studylib_trial(
     exp: Experiment, splits: Splits, tracker: Tracker, speed: Speed
 ) -> tuple[float, list[float]]:
@@ -219,31 +239,20 @@ def studylib_sweep(
     worker processes of a parallel sweep set their own (cores // workers).
     """
     Tracker(settings.tracking_uri, exp.name, settings.artifact_root)  # create the database
-    fit_seconds = [0.0]
-    real_fit = sweep_module.fit
-
-    def timed_fit(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return real_fit(*args, **kwargs)
-        finally:
-            fit_seconds[0] += time.perf_counter() - started
-
     before = torch.get_num_threads()
     torch.set_num_threads(threads or machine_cores())
-    sweep_module.fit = timed_fit
     try:
-        started = time.perf_counter()
-        summary = sweep_module.run_sweep(
-            exp, settings, trials=trials, workers=workers, population=population
-        )
-        seconds = time.perf_counter() - started
+        with time_in_fit() as fit_seconds:
+            started = time.perf_counter()
+            summary = sweep_module.run_sweep(
+                exp, settings, trials=trials, workers=workers, population=population
+            )
+            seconds = time.perf_counter() - started
         # The same invocation once more has nothing left to run: its time is the fixed cost.
         started = time.perf_counter()
         sweep_module.run_sweep(exp, settings, trials=trials, workers=1)
         setup = time.perf_counter() - started
     finally:
-        sweep_module.fit = real_fit
         torch.set_num_threads(before)
     assert summary.trials_run == trials, summary
     out = {"seconds": seconds, "setup_seconds": setup, "trials_per_minute": 60 * trials / seconds}
@@ -529,19 +538,24 @@ def bench_trials(exp, splits, folder, repeats, device) -> dict[str, Any]:
     floor_trial(exp.with_values({"train.max_epochs": 1}), splits)
     studylib_trial(exp.with_values({"train.max_epochs": 1}), splits, tracker, Speed())
     tutorial_trial(exp.with_values({"train.max_epochs": 1}), splits, device, uri)
-    floor, trial, tutorial, gap = [], [], [], 0.0
+    floor, trial, fit, tutorial, gap = [], [], [], [], 0.0
     for _ in range(repeats):
         seconds, floor_curve = floor_trial(exp, splits)
         floor.append(seconds)
-        seconds, trial_curve = studylib_trial(exp, splits, tracker, Speed())
+        with time_in_fit() as fit_seconds:
+            seconds, trial_curve = studylib_trial(exp, splits, tracker, Speed())
         trial.append(seconds)
+        fit.append(fit_seconds[0])
         tutorial.append(tutorial_trial(exp, splits, device, uri))
         gap = max(gap, max(abs(a - b) for a, b in zip(floor_curve, trial_curve, strict=True)))
     return {
         "floor_seconds": floor,
         "trial_seconds": trial,
+        "fit_seconds": fit,  # the trial's training loop alone, without its MLflow run
         "tutorial_trial_seconds": tutorial,
         "trial_over_floor": median(trial) / median(floor),
+        "fit_over_floor": median(fit) / median(floor),
+        "run_ms": 1000 * median([t - f for t, f in zip(trial, fit, strict=True)]),
         "tutorial_over_trial": median(tutorial) / median(trial),
         "floor_vs_trial_max_val_loss_difference": gap,
     }
@@ -630,7 +644,9 @@ def bench_sweeps(exp, splits, folder, args, device, family) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """Every section asked for; the JSON at `path` is rewritten after each one, so a run cut
+    short (a timeout on a lent GPU) still leaves what it measured."""
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -650,6 +666,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         yield
         results["section_seconds"][name] = time.perf_counter() - started
+        save(results, path)
 
     with tempfile.TemporaryDirectory(prefix="studylib-bench-") as tmp:
         folder = Path(tmp)
@@ -792,6 +809,8 @@ def family_rows(entry: dict[str, Any], epochs: int) -> list[tuple[str, str]]:
             ("studylib trial (run_trial, MLflow on SQLite)", _s(trial["trial_seconds"])),
             ("tutorial trial (DataLoader, log_metric)", _s(trial["tutorial_trial_seconds"])),
             ("studylib / floor", f"{trial['trial_over_floor']:.3f}"),
+            ("fit() alone / floor: the training loop", f"{trial['fit_over_floor']:.3f}"),
+            ("trial outside fit(): model, MLflow run", f"{trial['run_ms']:.0f} ms"),
             ("tutorial / studylib, one trial", f"{trial['tutorial_over_trial']:.2f}"),
             (
                 "max |val loss floor - studylib|",
@@ -913,14 +932,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def save(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(results, indent=2, default=str))
+    partial.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    results = run(args)
-    results["bench_seconds"] = time.perf_counter() - started
     path = output_path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
+    started = time.perf_counter()
+    results = run(args, path)
+    results["bench_seconds"] = time.perf_counter() - started
+    save(results, path)
     print(table(results))
     print(f"\nwrote {path} ({results['bench_seconds']:.0f} s)")
     return 0
