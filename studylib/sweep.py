@@ -358,7 +358,7 @@ def run_sweep(
         if workers > 1:  # N processes on this machine: studylib/workers.py
             from studylib.workers import run_workers
 
-            run_workers(exp, settings, study, total, parent.run_id, progress, workers)
+            run_workers(exp, settings, study, total, parent.run_id, progress, workers, objective)
         elif population > 1:  # P trials as one batched model: studylib/population.py
             from studylib.population import run_population
 

@@ -1,12 +1,13 @@
 """Parallel workers: `studylib sweep --workers N` runs N processes against one study.
 
 The main process (`sweep.run_sweep`) opens the study, enqueues the baseline and creates the
-sweep's parent MLflow run; here it starts N worker processes and watches the study's progress.
-Every worker opens the same Optuna storage (the journal file takes a lock per write, so
-processes on one machine share it safely) and the same MLflow store, and repeats: claim one
-of the trials still to run from a shared counter, ask Optuna for it, train it, log it as a
-child run of the parent. The counter makes the total exact: N workers never overshoot the
-requested number of trials, however they interleave.
+sweep's parent MLflow run; here it starts N - 1 worker processes and is the N-th worker itself
+(it has everything loaded already, so it trains while the others start). Every worker opens
+the same Optuna storage (the journal file takes a lock per write, so processes on one machine
+share it safely) and the same MLflow store, and repeats: claim one of the trials still to run
+from a shared counter, ask Optuna for it, train it, log it as a child run of the parent. The
+counter makes the total exact: N workers never overshoot the requested number of trials,
+however they interleave.
 
 Threads: small models gain nothing from many threads, and N workers each using every core
 oversubscribe the machine (measured on 2 cores: two processes of two threads each ran 10 to
@@ -23,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 import time
+from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 
@@ -72,8 +75,9 @@ def run_workers(
     parent_id: str,
     progress,  # sweep.Progress of the main process
     workers: int,
+    objective: Callable[[optuna.Trial], float],  # the main process's own, as a worker
 ) -> None:
-    """Run trials in `workers` processes until `study` holds `total` counted trials."""
+    """Run trials in `workers` processes (this one included) until `study` holds `total`."""
     from studylib.sweep import counted_trials
 
     remaining = total - counted_trials(study)
@@ -89,29 +93,48 @@ def run_workers(
             args=(exp, settings, parent_id, slots, stop, index, threads),
             name=f"studylib-worker-{index}",
         )
-        for index in range(min(workers, remaining))
+        for index in range(1, min(workers, remaining))
     ]
-    for process in processes:
-        process.start()
+    # Starting the first process waits for the fork server to import studylib (seconds):
+    # let a thread wait for it while this process trains.
+    starter = threading.Thread(target=lambda: [p.start() for p in processes], daemon=True)
+    starter.start()
+    study.sampler = worker_sampler(exp, study, 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
+        while not stop.is_set() and claim(slots):
+            study.optimize(objective, n_trials=1)
+            _show(study, progress)
+        starter.join()
         while any(process.is_alive() for process in processes):
             _show(study, progress)
             time.sleep(POLL_SECONDS)
-    except BaseException:  # Ctrl-C reaches the workers too; let them close their runs
-        stop.set()
+    except BaseException:  # a crash here, or Ctrl-C (which reaches the workers too)
+        stop.set()  # the others close the trial they are on and take no new one
+        starter.join()
         for process in processes:
             process.join(STOP_GRACE_SECONDS)
             if process.is_alive():
                 process.terminate()
         raise
     finally:
+        torch.set_num_threads(before)
         _show(study, progress)
     failed = [p for p in processes if p.exitcode != 0]
     if failed:
         raise RuntimeError(
-            f"{len(failed)} of {len(processes)} workers failed (exit codes "
+            f"{len(failed)} of {len(processes) + 1} workers failed (exit codes "
             f"{[p.exitcode for p in failed]}); their tracebacks are printed above"
         )
+
+
+def worker_sampler(exp: Experiment, study: optuna.Study, index: int) -> optuna.samplers.BaseSampler:
+    """TPE for worker `index`: its own seed, so that workers never draw the same random
+    proposals, and constant_liar, which keeps TPE from sending two workers to the same region
+    while their trials are still running."""
+    seed = exp.seed + len(study.trials) + 1_000_003 * index
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -161,11 +184,7 @@ def work(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(resolve_device(settings.device))
     study = open_study(exp, settings)
-    # Workers must not draw the same random proposals; constant_liar keeps TPE from sending
-    # two workers to the same region while their trials are still running.
-    study.sampler = optuna.samplers.TPESampler(
-        seed=exp.seed + len(study.trials) + 1_000_003 * (index + 1), constant_liar=True
-    )
+    study.sampler = worker_sampler(exp, study, index)
     tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
     objective = trial_objective(
         exp, settings, splits, tracker, parent_id, Progress(0, 0, enabled=False)
