@@ -25,6 +25,7 @@ def test_floor_and_studylib_do_the_same_arithmetic(tmp_path, data_cache, capsys)
     assert trial["trial_over_floor"] == pytest.approx(
         sorted(trial["trial_seconds"])[0] / sorted(trial["floor_seconds"])[0]
     )
+    assert trial["fit_seconds"][0] < trial["trial_seconds"][0]  # fit runs inside the trial
     printed = capsys.readouterr().out
     assert "mlp: studylib / floor" in printed and "targets:" in printed
     assert results["targets"]["trial_over_floor"]["target"] == "<= 1.1"
