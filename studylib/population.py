@@ -198,13 +198,21 @@ class Population:
     def weights(self) -> list[torch.Tensor]:
         return [self.params[k] for k in self.weight_names]
 
-    def penalty(self) -> torch.Tensor:
-        """Per member: l1 * sum |w| + l2 * sum w^2 over its weight matrices, shape (P,)."""
+    @torch.no_grad()
+    def add_penalty_gradients(self) -> torch.Tensor:
+        """Per member, add l1 * sign(w) + 2 * l2 * w to the gradients (as `fit` does, outside
+        autograd) and return l1 * sum |w| + l2 * sum w^2 over its weight matrices, (P,)."""
         total = torch.zeros_like(self.l1)
-        if self.any_l1:
-            total = total + self.l1 * sum(w.abs().flatten(1).sum(1) for w in self.weights())
-        if self.any_l2:
-            total = total + self.l2 * sum(w.square().flatten(1).sum(1) for w in self.weights())
+        for w in self.weights():
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            per_member = [-1, *[1] * (w.ndim - 1)]
+            if self.any_l1:
+                w.grad.add_(w.sign() * self.l1.view(per_member))
+                total += self.l1 * w.abs().flatten(1).sum(1)
+            if self.any_l2:
+                w.grad.add_(w * (2 * self.l2).view(per_member))
+                total += self.l2 * w.square().flatten(1).sum(1)
         return total
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -212,15 +220,18 @@ class Population:
         size = self.size
         logits = self.forward(self.params, self.buffers, x)  # (P, B, C)
         loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(size), reduction="none")
-        objective = loss.view(size, -1).mean(1) + self.penalty()  # (P,)
+        loss = loss.view(size, -1).mean(1)  # (P,)
         self.optimizer.zero_grad(set_to_none=True)
-        objective.sum().backward()  # members are independent: each gets its own gradient
+        loss.sum().backward()  # members are independent: each gets its own gradient
+        objective = loss.detach()
+        if self.any_l1 or self.any_l2:
+            objective = objective + self.add_penalty_gradients()
         if self.any_decay:
             with torch.no_grad():
                 for w in self.weights():
                     w.mul_(self.decay.view(-1, *[1] * (w.ndim - 1)))
         self.optimizer.step()
-        return objective.detach()
+        return objective
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

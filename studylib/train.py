@@ -13,10 +13,10 @@ do not scale a unit's input and shrinking them does not simplify the function.
 
 Speed: the data are tensors on the device; batches are index slices of a random permutation;
 per-epoch figures accumulate on the device and are read back once per epoch (one host sync);
-evaluation runs without autograd; the penalties are one fused reduction over all weight
-tensors; the optimizer is torch's fused kernel; nothing inside an epoch talks to MLflow or
-Optuna (`on_epoch` runs once per epoch). Optional: bf16 autocast and torch.compile (`Speed`);
-TF32 matmuls on CUDA.
+evaluation runs without autograd; the penalties' gradient is added in fused kernels over all
+weight tensors, outside autograd; the optimizer is torch's fused kernel; nothing inside an
+epoch talks to MLflow or Optuna (`on_epoch` runs once per epoch). Optional: bf16 autocast and
+torch.compile (`Speed`); TF32 matmuls on CUDA.
 """
 
 from __future__ import annotations
@@ -82,13 +82,61 @@ def decay_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
-    """l1 * sum |w| + l2 * sum w^2, fused over all weight tensors (no per-parameter loop)."""
+    """l1 * sum |w| + l2 * sum w^2, fused over all weight tensors (no per-parameter loop).
+
+    Training adds its gradient directly (`add_penalty_gradients`); this is its value.
+    """
     total = weights[0].new_zeros(())
     if l1:
         total = total + l1 * torch.stack(torch._foreach_norm(weights, 1)).sum()
     if l2:
         total = total + l2 * torch.stack(torch._foreach_norm(weights, 2)).square().sum()
     return total
+
+
+@torch.no_grad()
+def add_penalty_gradients(weights: list[torch.Tensor], l1: float, l2: float) -> None:
+    """Add the penalty's gradient, l1 * sign(w) + 2 * l2 * w, to each weight's .grad.
+
+    The gradient autograd would give for `loss + penalty(...)`, in fused kernels and without
+    a graph: on the default MLP the penalty cost 0.4 ms of a 1.7 ms step through autograd.
+    """
+    for w in weights:
+        if w.grad is None:  # a weight the batch did not reach still feels the penalty
+            w.grad = torch.zeros_like(w)
+    grads = [w.grad for w in weights]
+    if l1:
+        torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=l1)
+    if l2:
+        torch._foreach_add_(grads, weights, alpha=2 * l2)
+
+
+class PenaltyMeter:
+    """The penalty's value summed over an epoch's batches (for `train/objective`).
+
+    Two fused kernels a batch, read once per epoch: per-weight sums of |w| and of w^2 as each
+    batch saw them, weighted by the batch's size.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], l1: float, l2: float):
+        self.weights, self.l1, self.l2 = weights, l1, l2
+        self.l1_sums = [w.new_zeros(()) for w in weights]
+        self.l2_sums = [w.new_zeros(()) for w in weights]
+
+    @torch.no_grad()
+    def add(self, count: int) -> None:
+        if self.l1:
+            torch._foreach_add_(self.l1_sums, torch._foreach_norm(self.weights, 1), alpha=count)
+        if self.l2:
+            norms = torch._foreach_norm(self.weights, 2)
+            torch._foreach_addcmul_(self.l2_sums, norms, norms, value=count)
+
+    def take(self) -> torch.Tensor:
+        """The sum since the last take, as a device scalar; starts a new sum."""
+        l1_sum, l2_sum = torch.stack(self.l1_sums).sum(), torch.stack(self.l2_sums).sum()
+        total = self.l1 * l1_sum + self.l2 * l2_sum
+        torch._foreach_zero_(self.l1_sums + self.l2_sums)
+        return total
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -162,6 +210,7 @@ def fit(
     forward = torch.compile(model) if speed.compile else model
     autocast = autocast_context(device, speed)
     weights = decay_parameters(model)
+    penalties = PenaltyMeter(weights, cfg.l1, cfg.l2)
     decay_factor = 1.0 - cfg.lr * cfg.weight_decay
     n = len(splits.y_train)
 
@@ -179,20 +228,23 @@ def fit(
             with autocast:
                 logits = forward(splits.x_train[idx])
             loss = F.cross_entropy(logits.float(), splits.y_train[idx])
-            if cfg.l1 or cfg.l2:
-                loss = loss + penalty(weights, cfg.l1, cfg.l2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.l1 or cfg.l2:
+                add_penalty_gradients(weights, cfg.l1, cfg.l2)
+                penalties.add(len(idx))
             if cfg.weight_decay:
                 with torch.no_grad():
                     torch._foreach_mul_(weights, decay_factor)
             optimizer.step()
-            objective_sum += loss.detach() * len(idx)
+            objective_sum.add_(loss.detach(), alpha=len(idx))
 
         # One host sync per epoch: every figure is computed on the device, then read at once.
         with autocast:
             train_figures = evaluate(forward, splits.x_train, splits.y_train)
             val_figures = evaluate(forward, splits.x_val, splits.y_val)
+        if cfg.l1 or cfg.l2:
+            objective_sum += penalties.take()
         figures = torch.cat(
             [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
         ).tolist()

@@ -197,3 +197,29 @@ def test_compiled_model_trains_like_the_eager_one(splits):
     for mine, theirs in zip(compiled.history, eager.history, strict=True):
         assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=1e-4)
     assert compiled.state_dict.keys() == eager.state_dict.keys()  # no "_orig_mod." prefix
+
+
+def test_injected_penalty_gradient_equals_autograd_through_the_penalty(splits):
+    """fit adds the penalty's gradient by hand: one SGD step must equal autograd's."""
+    batch = Splits(
+        **{**splits.__dict__, "x_train": splits.x_train[:64], "y_train": splits.y_train[:64]}
+    )
+    cfg = TrainConfig(
+        optimizer="sgd", momentum=0.0, lr=0.5, l1=1e-2, l2=5e-2, batch_size=64, max_epochs=1
+    )
+    ours = mlp()
+    result = fit(ours, batch, cfg.model_copy(update={"early_stopping": False}), seed=0)
+
+    reference = mlp()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(reference(batch.x_train[order]), batch.y_train[order])
+    objective = loss + penalty(decay_parameters(reference), l1=1e-2, l2=5e-2)
+    objective.backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.5 * p.grad
+    for (name, a), b in zip(
+        ours.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert result.history[0]["train/objective"] == pytest.approx(objective.item(), rel=1e-6)
