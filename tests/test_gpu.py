@@ -65,8 +65,25 @@ def test_speed_knobs_train_to_the_same_place(exp, data_cache, speed):
     assert set(fast.state_dict) == set(plain.state_dict)  # no "_orig_mod." prefixes
 
 
-def test_population_on_the_gpu_matches_sequential_trials(exp, data_cache):
-    splits = load_splits(exp.data, exp.seed, data_cache).to(resolve_device("cuda"))
+@pytest.fixture
+def full_fp32():
+    """IEEE float32 matmuls for a test about equal arithmetic, not about TF32's rounding."""
+    resolve_device("cuda")  # turns TF32 on
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        yield
+        matmul.fp32_precision = before
+    else:
+        before = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        yield
+        matmul.allow_tf32 = before
+
+
+def test_population_on_the_gpu_matches_sequential_trials(exp, data_cache, full_fp32):
+    splits = load_splits(exp.data, exp.seed, data_cache).to(torch.device("cuda"))
     exps = [exp.with_values(v) for v in ({}, {"train.l2": 1e-2}, {"train.patience": 1})]
     for member, outcome in zip(exps, fit_population(exps, splits), strict=True):
         alone = trained(member, splits)
