@@ -7,15 +7,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel; on a CUDA machine set TORCH=torch (or install torch into $(VENV) first).
 TORCH ?= torch==2.13.0
-EXPERIMENT ?= experiments/default.toml
+# The default study: the MLP sweep + ablation, and the plain-vs-residual depth comparison.
+EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup sweep ui report test test-slow lint format clean bench gpu-check
+.PHONY: help setup setup-browser sweep ui report test test-slow faults lint format clean bench gpu-check
 
 help: ## list the targets
-	@echo "studylib: make TARGET [EXPERIMENT=experiments/x.toml] [ARGS='--trials 50']"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv with studylib and its dev tools (installs only what is missing)
 
@@ -26,8 +27,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-sweep: setup ## run or resume the study in $(EXPERIMENT) on sqlite:///mlflow.db + optuna.journal
-	$(BIN)/studylib sweep $(EXPERIMENT) $(ARGS)
+setup-browser: ## install Debian's chromium for the report's browser test (needs apt, root)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+sweep: setup ## run or resume the studies in $(EXPERIMENTS) on sqlite:///mlflow.db + optuna.journal
+	for experiment in $(EXPERIMENTS); do $(BIN)/studylib sweep $$experiment $(ARGS) || exit $$?; done
 
 ui: setup ## the MLflow UI over mlflow.db on http://127.0.0.1:5000
 	$(BIN)/studylib ui $(ARGS)
@@ -40,6 +44,9 @@ test: setup ## the default test suite (leaves out slow and gpu tests)
 
 test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+faults: setup ## kill, interrupt, diverge, crowd and cut off sweeps; print what was lost (must be 0)
+	$(BIN)/python -m studylib.faults $(ARGS)
 
 bench: setup ## speed against the floor and the tutorial sweep (BENCH_ARGS=--quick: a few minutes)
 	$(BIN)/python -m studylib.bench $(BENCH_ARGS)
@@ -56,5 +63,5 @@ format: setup ## ruff format and the safe ruff fixes
 	$(BIN)/ruff format .
 
 clean: ## delete generated results: mlflow.db, mlartifacts/, optuna.journal, the data cache, reports
-	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts optuna.journal .studylib-cache
+	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts optuna.journal *.studylib-lock .studylib-cache
 	find reports -mindepth 1 ! -name README.md -exec rm -rf {} +

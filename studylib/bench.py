@@ -72,7 +72,7 @@ from pydantic import ValidationError  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from studylib import sweep as sweep_module  # noqa: E402
-from studylib.config import Experiment, Settings, Speed  # noqa: E402
+from studylib.config import ConfigError, Experiment, Settings, Speed  # noqa: E402
 from studylib.data import Splits, load_splits  # noqa: E402
 from studylib.models import build_model  # noqa: E402
 from studylib.tracking import ROLE_TAG, STATUS_TAG, STUDY_TAG, TRIAL_TAG, Tracker  # noqa: E402
@@ -487,16 +487,17 @@ def synthetic_store(uri: str, artifact_root: Path, runs: int, epochs: int) -> tu
 
 
 def report_at_scale(runs: int, epochs: int, folder: Path) -> dict[str, float]:
-    from studylib.report import load_curves, load_runs, write_report
+    from studylib.report import write_report
+    from studylib.results import CURVE_KEYS, load_curves, load_runs
 
     uri = f"sqlite:///{folder / 'report-scale.db'}"
     name, logging_seconds = synthetic_store(uri, folder / "artifacts", runs, epochs)
     started = time.perf_counter()
-    write_report(uri, name, folder / "report")
+    write_report(uri, [name], folder / "report")
     report_seconds = time.perf_counter() - started
-    run_ids = list(load_runs(uri, name)["run_id"])
+    run_ids = list(load_runs(name, uri)["run_id"])
     started = time.perf_counter()
-    curves = load_curves(uri, run_ids)
+    curves = load_curves(run_ids, CURVE_KEYS, uri)
     curves_seconds = time.perf_counter() - started
     assert len(curves) == runs * epochs * 4, len(curves)
     return {
@@ -652,17 +653,20 @@ def bench_sweeps(exp, splits, folder, args, device, family) -> dict[str, Any]:
                     threads=args.threads,
                 )
             )
-        if args.population > 1:
+        if args.population > 1 and "population_unsupported" not in out:
             label = f"sweep-{family}-p{args.population}-{repeat}"
-            population.append(
-                studylib_sweep(
-                    exp.with_values({"name": label}),
-                    _settings(folder, label, args.cache_dir, device),
-                    args.trials,
-                    population=args.population,
-                    threads=args.threads,
+            try:
+                population.append(
+                    studylib_sweep(
+                        exp.with_values({"name": label}),
+                        _settings(folder, label, args.cache_dir, device),
+                        args.trials,
+                        population=args.population,
+                        threads=args.threads,
+                    )
                 )
-            )
+            except ConfigError as exc:  # e.g. torch.vmap has no batching rule for a GRU
+                out["population_unsupported"] = str(exc)
     tutorial = median(out["tutorial_seconds"])
     out["tutorial_trials_per_minute"] = 60 * args.trials / tutorial
     out["studylib"] = {}
@@ -893,6 +897,8 @@ def family_rows(entry: dict[str, Any], epochs: int) -> list[tuple[str, str]]:
             ("population / sequential, 1 worker", f"{pop['over_sequential_one_worker']:.2f}"),
             ("population / best worker count", f"{pop['over_best_workers']:.2f}"),
         ]
+    elif "population_unsupported" in sweep:
+        rows.append(("population", "not supported: " + sweep["population_unsupported"][:60]))
     rows.append(
         (
             f"tutorial / studylib, sweep ({sweep['best_workers']} workers)",

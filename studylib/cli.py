@@ -4,27 +4,55 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from studylib.config import ConfigError, Settings, Speed, load_experiment, parse_assignment
+from studylib.config import ConfigError, Settings, Speed, load_experiments, parse_assignment
+from studylib.redact import install_log_filter, redact, remember
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # also: a study resumed with other settings
+EXIT_TRACKING_DOWN = 3  # MLflow unreachable past the retry budget; the Optuna study is consistent
 DEFAULTS = Settings()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before anything can print or log a URL: its password is masked everywhere from here on.
+    remember(getattr(args, "storage", ""), args.tracking_uri)
+    install_log_filter()
+    from studylib.tracking import TrackingUnavailable
+
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"studylib: error: {exc}", file=sys.stderr)
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("studylib: interrupted; the current trial was closed as KILLED", file=sys.stderr)
-        return 130
+    except TrackingUnavailable as exc:
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
+        return EXIT_TRACKING_DOWN
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        closed = (
+            "the current trial was closed (FAIL in Optuna, KILLED in MLflow) and runs again "
+            "on resume"
+            if args.command == "sweep"
+            else "the run was closed as KILLED"
+        )
+        print(f"studylib: stopped by {signal.Signals(signum).name}; {closed}", file=sys.stderr)
+        return 128 + signum
+    except Exception:
+        # A bug or an unreachable database: the traceback helps, the password must not leak.
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """Control characters from a file (a key named "\x1e", say) escaped: one line stays one."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment")
     sweep.add_argument(
-        "experiment", type=Path, help="experiment file, e.g. experiments/default.toml"
+        "experiment",
+        type=Path,
+        help="experiment file (experiments/default.toml) or group file (experiments/all.toml)",
     )
     sweep.add_argument(
         "--trials", type=_positive_int, help="total trials of the study (resumes count)"
@@ -52,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_nonnegative_int, help="override the experiment's seed (a study of its own)"
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--new-study",
+        action="store_true",
+        help="if the study exists with other settings, start <name>-v2 (or -v3, ...) beside it",
+    )
+    sweep.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=DEFAULTS.heartbeat_seconds,
+        metavar="SECONDS",
+        help="database storage: heartbeat interval; a trial silent 3x this long is retried "
+        f"(default {DEFAULTS.heartbeat_seconds})",
+    )
+    sweep.add_argument(
+        "--tracking-timeout",
+        type=_positive_float,
+        default=DEFAULTS.tracking_retry_seconds,
+        metavar="SECONDS",
+        help="retry MLflow this long before stopping with an error "
+        f"(default {DEFAULTS.tracking_retry_seconds:.0f})",
+    )
     _add_speed_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
@@ -71,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     report = commands.add_parser("report", help="write the comparison report from MLflow")
-    report.add_argument("--experiment", help="MLflow experiment (study) name; default: all")
+    report.add_argument(
+        "--experiment",
+        action="append",
+        help="MLflow experiment (study) name, repeatable; default: every study in the store",
+    )
+    report.add_argument(
+        "--group", help="only this study group's side-by-side report (and its members')"
+    )
     report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
     _add_backend_args(report)
     report.set_defaults(handler=cmd_report)
@@ -127,6 +185,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -157,33 +222,56 @@ def _check_backends(settings: Settings) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from studylib.sweep import check_speedups, run_sweep
 
-    exp = load_experiment(args.experiment)
-    if args.seed is not None and args.seed != exp.seed:
+    experiments = load_experiments(args.experiment)  # a group file: every member, all validated
+    if args.seed is not None:
         # Another seed is another split: its trials must not mix with the file's seed.
-        exp = exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+        experiments = [
+            exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+            if args.seed != exp.seed
+            else exp
+            for exp in experiments
+        ]
     settings = replace(
         DEFAULTS,
         tracking_uri=args.tracking_uri,
         storage=args.storage,
         device=args.device,
         progress=not args.no_progress,
+        heartbeat_seconds=args.heartbeat,
+        tracking_retry_seconds=args.tracking_timeout,
         speed=_speed(args),
     )
     _check_backends(settings)
-    check_speedups(exp, settings, args.workers, args.population)
-    summary = run_sweep(
-        exp, settings, trials=args.trials, workers=args.workers, population=args.population
-    )
-    print(
-        f"study {summary.study_name}: {summary.trials_done} trials "
-        f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
-        + (
-            f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
-            if summary.best_value is not None
-            else "no trial completed"
-        )
-    )
-    print(f"MLflow: {settings.tracking_uri} (make ui); report: make report")
+    for exp in experiments:  # every bad setting is refused before anything runs
+        check_speedups(exp, settings, args.workers, args.population)
+    for exp in experiments:
+        if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
+            summary = run_sweep(
+                exp,
+                settings,
+                trials=args.trials,
+                new_study=args.new_study,
+                workers=args.workers,
+                population=args.population,
+            )
+            print(
+                f"study {summary.study_name}: {summary.trials_done} trials "
+                f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
+                + (
+                    f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
+                    if summary.best_value is not None
+                    else "no trial completed"
+                )
+            )
+        if exp.ablation is not None:
+            from studylib.ablation import run_ablation
+
+            ablation = run_ablation(exp, settings)
+            print(
+                f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} "
+                f"already done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
+            )
+    print(f"MLflow: {redact(settings.tracking_uri)} (make ui); report: make report")
     return 0
 
 
@@ -191,30 +279,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     from studylib.sweep import run_single
 
     overrides = dict(parse_assignment(text) for text in args.assignments)
-    exp = load_experiment(args.experiment, overrides)
+    experiments = load_experiments(args.experiment, overrides)
     settings = replace(
         DEFAULTS, tracking_uri=args.tracking_uri, device=args.device, speed=_speed(args)
     )
     _check_backends(settings)
-    outcome = run_single(exp, settings)
-    result = outcome.result
-    if outcome.status == "diverged" or result is None:
-        print(f"run {outcome.run_id}: diverged: {result.reason if result else ''}")
-        return 1
-    final = result.final
-    print(
-        f"run {outcome.run_id}: {result.status} at epoch {result.stopped_epoch}, "
-        f"kept epoch {result.selected_epoch}: val/acc {final['selected_val_acc']:.4f}, "
-        f"test/acc {final['test_acc']:.4f}"
-    )
-    return 0
+    code = 0
+    for exp in experiments:
+        outcome = run_single(exp, settings)
+        result = outcome.result
+        if outcome.status == "diverged" or result is None:
+            print(f"{exp.name} run {outcome.run_id}: diverged: {result.reason if result else ''}")
+            code = 1
+            continue
+        final = result.final
+        print(
+            f"{exp.name} run {outcome.run_id}: {result.status} at epoch {result.stopped_epoch}, "
+            f"kept epoch {result.selected_epoch}: val/acc {final['selected_val_acc']:.4f}, "
+            f"test/acc {final['test_acc']:.4f}"
+        )
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from studylib.report import write_reports
 
     check_writable_folder(args.out, "--out")
-    written = write_reports(args.tracking_uri, args.out, args.experiment)
+    written = write_reports(args.tracking_uri, args.out, args.experiment, args.group)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -233,6 +324,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"studylib: the MLflow UI will be reachable from other machines via {args.host}")
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached

@@ -11,10 +11,18 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from studylib.models import UNION_TAGS, ModelConfig
 from studylib.models.mlp import MLPConfig
 
 
@@ -26,10 +34,30 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+DIGITS_SHAPE = (8, 8)  # scikit-learn's digits: 1,797 images of 8 x 8 pixels
+TEXT_DATA = ("words", "spelling")  # built from wordfreq's word lists (studylib/text.py)
+# Fields that describe how MNIST-1D is generated; the digits set is fixed and has none.
+MNIST1D_ONLY = ("num_train", "num_test", "length", "generation_seed", "shuffle_seq")
+TEXT_ONLY = ("languages", "words_per_language", "shared_words", "tokenizer", "vocab_size")
+SPELLING_ONLY = ("typo_rate",)
+# The fields each data set owns; setting another's field is an error.
+OWN_FIELDS = {
+    "mnist1d": MNIST1D_ONLY,
+    "digits": (),
+    "words": TEXT_ONLY,
+    "spelling": TEXT_ONLY + SPELLING_ONLY,
+}
+DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "fi")
+
+
 class DataConfig(Frozen):
-    name: Literal["mnist1d"] = "mnist1d"
-    num_train: int = Field(4000, ge=10, description="examples generated for train + validation")
-    num_test: int = Field(1000, ge=10, description="examples generated for the test split")
+    name: Literal["mnist1d", "digits", "words", "spelling"] = Field(
+        "mnist1d",
+        description="mnist1d: (40,) signals; digits: (8, 8) images, 360 held for test; "
+        "words: language of a word; spelling: restore a misspelled word",
+    )
+    num_train: int = Field(4000, ge=10, description="MNIST-1D examples for train + validation")
+    num_test: int = Field(1000, ge=10, description="MNIST-1D examples for the test split")
     length: int = Field(40, ge=8, description="MNIST-1D sequence length")
     generation_seed: int = Field(42, description="seed of the generator: fixes the data set")
     shuffle_seq: bool = Field(False, description="permute the time axis (the paper's control)")
@@ -40,6 +68,72 @@ class DataConfig(Frozen):
     label_noise: float = Field(
         0.0, ge=0, lt=1, description="fraction of training labels replaced by a wrong class"
     )
+    languages: tuple[str, ...] = Field(
+        DEFAULT_LANGUAGES, description="text: wordfreq language codes; words: one class each"
+    )
+    words_per_language: int = Field(
+        5000, ge=10, le=100_000, description="text: the most frequent words of each language"
+    )
+    shared_words: Literal["drop", "most_frequent"] = Field(
+        "drop",
+        description="text: a word of several languages is dropped, or labelled by "
+        "the language where it is most frequent",
+    )
+    tokenizer: Literal["char", "word", "bpe"] = Field(
+        "char", description="text: fitted on the training words only"
+    )
+    vocab_size: int = Field(
+        1000, ge=32, le=100_000, description="bpe: tokens at most, specials and letters included"
+    )
+    typo_rate: float = Field(
+        0.1, gt=0, lt=1, description="spelling: chance that a character is edited"
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, languages: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(languages)) != len(languages) or not languages:
+            raise ValueError("must be distinct language codes, at least one")
+        if languages == DEFAULT_LANGUAGES:
+            return languages
+        from wordfreq import available_languages
+
+        known = sorted(available_languages())
+        for code in languages:
+            if code not in known:
+                raise ValueError(f"{code!r} is not a wordfreq language; allowed: {known}")
+        return languages
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for name in MNIST1D_ONLY + TEXT_ONLY + SPELLING_ONLY:
+            value, default = getattr(self, name), DataConfig.model_fields[name].default
+            if name not in OWN_FIELDS[self.name] and value != default:
+                users = [data for data, own in OWN_FIELDS.items() if name in own]
+                raise ValueError(
+                    f"data.{name} = {value!r} applies to {' and '.join(users)} only, not "
+                    f"{self.name}: leave it out (default {default!r})"
+                )
+        if self.name == "words" and len(self.languages) < 2:
+            raise ValueError(f"data.languages = {list(self.languages)}: words needs 2 or more")
+        if self.name == "spelling" and self.tokenizer != "char":
+            raise ValueError(
+                f"data.tokenizer = {self.tokenizer!r}: spelling reads and writes characters; "
+                "allowed: 'char'"
+            )
+        return self
+
+    @property
+    def is_text(self) -> bool:
+        return self.name in TEXT_DATA
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One example's shape, as `load_splits` will deliver it; None for token ids, whose
+        length the tokenizer decides."""
+        if self.is_text:
+            return None
+        return (self.length,) if self.name == "mnist1d" else DIGITS_SHAPE
 
 
 class TrainConfig(Frozen):
@@ -54,8 +148,21 @@ class TrainConfig(Frozen):
         0.0, ge=0, lt=1, description="decoupled decay: w <- w - lr * weight_decay * w per step"
     )
     early_stopping: bool = True
+    stopping: Literal["patience", "gl", "pq", "up"] = Field(
+        "patience", description="early-stopping rule: patience, or Prechelt's GL, PQ, UP"
+    )
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(0.0, ge=0, description="smallest val loss drop that counts")
+    gl_alpha: float = Field(5.0, gt=0, description="GL: stop when generalization loss > alpha (%)")
+    pq_alpha: float = Field(0.5, gt=0, description="PQ: stop when GL / training progress > alpha")
+    up_strips: int = Field(3, ge=1, description="UP: stop after val loss rose in this many strips")
+    strip_length: int = Field(5, ge=1, description="k: epochs per strip for PQ and UP")
+    grad_clip: float = Field(
+        0.0, ge=0, description="clip the global gradient norm to this before each step; 0: off"
+    )
+    grad_norms: bool = Field(
+        False, description="log grad_norm/<layer>: each layer's gradient norm, epoch mean"
+    )
 
 
 # Which config field each searchable hyperparameter sets.
@@ -95,7 +202,9 @@ class PrunerConfig(Frozen):
 
 
 class SweepConfig(Frozen):
-    trials: int = Field(20, ge=1, description="total trials of the study, across resumes")
+    trials: int = Field(
+        20, ge=0, description="total trials of the study, across resumes; 0: no search"
+    )
     baseline: bool = Field(True, description="trial 0 runs with every regularizer off")
     pruner: PrunerConfig = PrunerConfig()
     search: dict[Literal[tuple(SEARCHABLE)], SearchRange] = Field(default_factory=dict)
@@ -122,13 +231,104 @@ class SweepConfig(Frozen):
         return self
 
 
+# The arms of an ablation: the baseline, each regularizer alone, and all of them together.
+ARMS = ("baseline", "dropout", "l1", "l2", "weight_decay", "early_stopping", "all")
+# Which strength each arm turns on (early stopping's strength is its patience).
+ARM_KNOBS = {
+    "dropout": ("dropout",),
+    "l1": ("l1",),
+    "l2": ("l2",),
+    "weight_decay": ("weight_decay",),
+    "early_stopping": ("patience",),
+}
+NUISANCE = ("lr",)
+
+
+class StrengthConfig(Frozen):
+    """Scientific hyperparameters: the strength each regularizer gets in its arm.
+
+    A strength left out is tuned: a small Optuna search over its `[sweep.search]` range.
+    """
+
+    dropout: float | None = Field(None, gt=0, lt=1)
+    l1: float | None = Field(None, gt=0)
+    l2: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, gt=0, lt=1)
+    patience: int | None = Field(None, ge=1)
+
+
+class AblationConfig(Frozen):
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (0, 1, 2), min_length=1, description="every arm runs once per seed"
+    )
+    arms: tuple[Literal[ARMS], ...] = Field(ARMS, min_length=1)
+    strength: StrengthConfig = StrengthConfig()
+    nuisance: dict[Literal[NUISANCE], SearchRange] = Field(
+        default_factory=dict, description="tuned per arm so that every arm gets a fair chance"
+    )
+    tune_trials: int = Field(8, ge=1, description="Optuna trials per arm that needs tuning")
+
+    @model_validator(mode="after")
+    def _check(self) -> AblationConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must differ, got {list(self.seeds)}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must differ, got {list(self.arms)}")
+        return self
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ReferenceConfig(Frozen):
+    """A published number this experiment reproduces; the report shows it beside ours."""
+
+    test_acc: float = Field(ge=0, le=1, description="published test accuracy, as a fraction")
+    source: str = Field(min_length=1, description="where the number comes from")
+
+
 class Experiment(Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
     seed: int = Field(0, ge=0, description="fixes the split, the init and the dropout masks")
+    group: str | None = Field(
+        None, pattern=NAME_PATTERN, description="study group it belongs to; set by a group file"
+    )
     data: DataConfig = DataConfig()
-    model: MLPConfig = MLPConfig()
+    model: ModelConfig = MLPConfig()
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
+    ablation: AblationConfig | None = None
+    reference: ReferenceConfig | None = None
+
+    @model_validator(mode="after")
+    def _tunable(self) -> Experiment:
+        if self.ablation is None:
+            return self
+        for arm in self.ablation.arms:
+            for knob in ARM_KNOBS.get(arm, ()):
+                if getattr(self.ablation.strength, knob) is None and knob not in self.sweep.search:
+                    raise ValueError(
+                        f"ablation.strength.{knob} is not given and there is no "
+                        f"[sweep.search.{knob}] range to tune it from (arm {arm!r})"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _model_reads_data(self) -> Experiment:
+        # Each family says what it can read; sizes that do not work out fail here, not in fit.
+        shape = self.data.input_shape
+        what = "token ids" if shape is None else f"examples of shape {shape}"
+        prefix = f"model.arch = {self.model.arch!r} with data.name = {self.data.name!r} ({what})"
+        if (self.model.arch == "seq2seq") != (self.data.name == "spelling"):
+            raise ValueError(
+                f"{prefix}: the spelling task and the seq2seq model go together; allowed: "
+                "data.name = 'spelling' with model.arch = 'seq2seq', else another pair"
+            )
+        try:
+            self.model.check_input(shape)
+        except ValueError as exc:
+            raise ValueError(f"{prefix}: {exc}") from None
+        return self
 
     def with_values(self, values: dict[str, Any]) -> Experiment:
         """A copy with dotted fields replaced (`{"model.dropout": 0.3}`), validated again."""
@@ -142,7 +342,8 @@ class Experiment(Frozen):
         out: dict[str, str] = {}
 
         def walk(prefix: str, node: Any) -> None:
-            if isinstance(node, dict) and node and prefix != "sweep.search":
+            whole = prefix in ("sweep.search", "ablation.nuisance")
+            if isinstance(node, dict) and node and not whole:
                 for key, value in node.items():
                     walk(f"{prefix}.{key}" if prefix else str(key), value)
             elif isinstance(node, (list, tuple, dict)):
@@ -181,19 +382,14 @@ class Settings:
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
     speed: Speed = DEFAULT_SPEED
+    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 3x this fail
+    tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment file; every problem becomes one `ConfigError` line."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = _read_toml(path)
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         try:
@@ -204,6 +400,53 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         return Experiment.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, exc)) from None
+
+
+class GroupFile(Frozen):
+    """A study group: member experiment files swept one after another as one comparison."""
+
+    group: str = Field(pattern=NAME_PATTERN, max_length=60)
+    members: tuple[str, ...] = Field(min_length=1, description="experiment files, relative paths")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description='dotted fields set in every member: "train.lr" = 0.01'
+    )
+
+
+def load_experiments(path: str | Path, overrides: dict[str, Any] | None = None) -> list[Experiment]:
+    """One experiment file -> [its Experiment]; a group file (one with `members`) -> every member.
+
+    Group members are renamed "<group>-<name>" and carry `group`, so each is its own Optuna
+    study and MLflow experiment, tagged with the group. All are validated before any trains.
+    """
+    path = Path(path)
+    raw = _read_toml(path)
+    if "members" not in raw:
+        return [load_experiment(path, overrides)]
+    try:
+        spec = GroupFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(first["loc"])
+        raise ConfigError(f"{path}: {field}: {first['msg']}") from None
+    members = []
+    for member in spec.members:
+        exp = load_experiment(path.parent / member, {**spec.overrides, **(overrides or {})})
+        members.append(exp.with_values({"name": f"{spec.group}-{exp.name}", "group": spec.group}))
+    names = [exp.name for exp in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: members: two members share a name: {names}")
+    return members
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -221,36 +464,60 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def describe_validation_error(path: Path, exc: ValidationError) -> str:
     errors = exc.errors()
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or "(top)"
+    field = _field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(first["loc"][:-1]))
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
+    elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        key = "arch" if field == "model" else "type"
+        tag = first.get("ctx", {}).get("tag")
+        text = f"{path}: {field}.{key} = {tag!r}: allowed: {first['ctx']['expected_tags']}"
+    elif not first["loc"]:  # a check across sections (model against data): its own message
+        text = f"{path}: {message}"
+    elif isinstance(first.get("input"), dict):  # a check across one section's fields
+        text = f"{path}: {field}: {message}"
     else:
-        shown = first.get("input")
-        text = f"{path}: {field} = {_short(shown)}: {first['msg']}"
+        text = f"{path}: {field} = {_short(first.get('input'))}: {message}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return text
 
 
+def _field_path(loc: tuple) -> str:
+    """("model", "cnn", "blocks", 2, "conv", "kernel") -> "model.blocks[2].kernel"."""
+    text = ""
+    for part in loc:
+        if _is_union_tag(part):
+            continue
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "(top)"
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     model: Any = Experiment
     for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is named by the union tag that follows
         if _is_union_tag(part):
+            model = UNION_TAGS.get(part, model)
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = field.annotation
+        model = _model_class(field.annotation)
     return list(getattr(model, "model_fields", {}))
+
+
+def _model_class(annotation: Any) -> Any:
+    """The pydantic model inside `X | None`; anything else as it is."""
+    members = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+    return members[0] if len(members) == 1 else annotation
 
 
 def _is_union_tag(part: Any) -> bool:
     # Pydantic puts the discriminator value or a function name into the location path.
-    return isinstance(part, str) and (part.startswith("function-") or part in _ARCH_TAGS)
-
-
-_ARCH_TAGS = {"mlp"}
+    return isinstance(part, str) and (part.startswith("function-") or part in UNION_TAGS)
 
 
 def _short(value: Any) -> str:

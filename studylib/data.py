@@ -1,9 +1,15 @@
-"""Data: MNIST-1D generated offline, split train / validation / test, kept on the device.
+"""Data: MNIST-1D generated offline, scikit-learn's 8 x 8 digits, or words (studylib/text.py);
+split train / validation / test, kept on the device.
 
 Discipline: validation is carved from the generated training split with the run's seed and
 drives early stopping and Optuna; the test split is scored once per run, on the selected
 checkpoint. The overfitting knobs (fewer training examples, label noise) touch only the
 training split, so validation and test stay clean measures of generalization.
+
+Digits (sklearn.datasets.load_digits, shipped inside scikit-learn, no download): 1,797 images of
+8 x 8 pixels valued 0..16, scaled to [0, 1]. A fixed test split of 36 images per class (360 in
+all), drawn once with DIGITS_TEST_SEED and the same for every run and seed; the other 1,437
+are the pool that validation is carved from with the run's seed, as for MNIST-1D.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,8 @@ import torch
 from studylib.config import ConfigError, DataConfig
 
 NUM_CLASSES = 10
+DIGITS_TEST_PER_CLASS = 36  # 360 test images: 20% of 1,797, the same share as MNIST-1D's test
+DIGITS_TEST_SEED = 1797  # fixes which images are test, whatever the run's seed
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,10 @@ class Splits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
+    num_classes: int  # classes; for "seq2seq", the target vocabulary
+    vocab_size: int | None = None  # token ids in x (text); None: x holds numbers
+    task: str = "classify"  # "classify": y is (N,) labels; "seq2seq": y is (N, T) token ids
+    data_metrics: dict[str, float] = field(default_factory=dict)  # logged once per run (OOV)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -42,7 +53,7 @@ class Splits:
             name: getattr(self, name).to(device)
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         }
-        return Splits(**moved, num_classes=self.num_classes)
+        return replace(self, **moved)
 
 
 def mnist1d_arrays(cfg: DataConfig, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -91,9 +102,28 @@ def mnist1d_arrays(cfg: DataConfig, cache_dir: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def digits_arrays() -> dict[str, np.ndarray]:
+    """scikit-learn's digits as (N, 8, 8) floats in [0, 1], with the fixed stratified test split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8)
+    y = digits.target.astype(np.int64)
+    rng = np.random.default_rng(DIGITS_TEST_SEED)
+    test = np.zeros(len(y), dtype=bool)
+    for digit in range(NUM_CLASSES):
+        members = np.flatnonzero(y == digit)
+        test[rng.choice(members, size=DIGITS_TEST_PER_CLASS, replace=False)] = True
+    return {"x": x[~test], "y": y[~test], "x_test": x[test], "y_test": y[test]}
+
+
 def load_splits(cfg: DataConfig, seed: int, cache_dir: Path) -> Splits:
-    """Seeded train / validation split of the generated training set, plus the test set."""
-    arrays = mnist1d_arrays(cfg, cache_dir)
+    """Seeded train / validation split of the training pool, plus the untouched test set."""
+    if cfg.is_text:
+        from studylib.text import load_text_splits
+
+        return load_text_splits(cfg, seed, cache_dir)
+    arrays = mnist1d_arrays(cfg, cache_dir) if cfg.name == "mnist1d" else digits_arrays()
     x, y = arrays["x"], arrays["y"]
     # Independent streams, so changing the noise level never changes which examples are val.
     split_rng = np.random.default_rng([seed, 0])

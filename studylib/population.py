@@ -82,11 +82,7 @@ def check_population(exps: list[Experiment]) -> None:
     """One-line ConfigError when these configs cannot train as one population."""
     first = exps[0]
     for exp in exps:
-        if getattr(exp.train, "stopping", "patience") != "patience":
-            raise ConfigError(
-                f"population: train.stopping = {exp.train.stopping!r}; population training "
-                "implements the patience rule only"
-            )
+        check_population_search(exp)
     for exp in exps[1:]:
         if exp.model.model_copy(update={"dropout": 0.0}) != first.model.model_copy(
             update={"dropout": 0.0}
@@ -108,7 +104,24 @@ def check_population(exps: list[Experiment]) -> None:
 
 
 def check_population_search(exp: Experiment) -> None:
-    """Refuse, before any trial is asked, a search over a setting members must share."""
+    """Refuse, before any trial is asked, what population training does not implement."""
+    if exp.train.stopping != "patience":
+        raise ConfigError(
+            f"population: train.stopping = {exp.train.stopping!r}; population training "
+            "implements the patience rule only"
+        )
+    if exp.data.input_shape is None or exp.model.arch == "seq2seq":
+        raise ConfigError(
+            f"population: data.name = {exp.data.name!r} with model.arch = {exp.model.arch!r}: "
+            "population training classifies fixed-shape examples only (not token ids or "
+            "seq2seq); sweep without --population"
+        )
+    for name in ("grad_clip", "grad_norms"):
+        if getattr(exp.train, name):
+            raise ConfigError(
+                f"population: train.{name} = {getattr(exp.train, name)!r}; population "
+                f"training does not implement it; set it off or sweep without --population"
+            )
     shared = [name for name in exp.sweep.search if name in ("lr",)]
     if shared:
         raise ConfigError(
@@ -146,7 +159,8 @@ class Population:
         models = []
         for exp in exps:  # each member's init, exactly as its sequential trial makes it
             torch.manual_seed(exp.seed)
-            model = build_model(exp.model, splits.input_shape, splits.num_classes).to(device)
+            shape, classes, vocab = splits.input_shape, splits.num_classes, splits.vocab_size
+            model = build_model(exp.model, shape, classes, vocab).to(device)
             _check_supported(model)
             models.append(_with_member_dropout(model))
         self.parameter_count = sum(p.numel() for p in models[0].parameters())
@@ -386,11 +400,9 @@ def fit_population(
                 ended[slot] = ("error", "")
                 continue
             if book.cfg.early_stopping and book.since_best >= book.cfg.patience:
-                ended[slot] = (
-                    "early_stopped",
-                    f"no val/loss improvement > {book.cfg.min_delta} "
-                    f"for {book.cfg.patience} epochs",
-                )
+                # The reason `fit` gives with `stopping.make_rule("patience", ...)`.
+                rule = f"patience{book.cfg.patience}"
+                ended[slot] = ("early_stopped", f"rule {rule} stopped after epoch {epoch}")
         if improved:
             population.keep_best(improved)
         if epoch == cfg.max_epochs:
@@ -430,7 +442,7 @@ def _result(
         return result
     best = book.has_best_state
     test_loss, test_acc = population.score(slot, best, splits.x_test, splits.y_test)
-    result.final = final_metrics(history, book.best_epoch, book.best_loss, selected)
+    result.final = final_metrics(history, book.best_epoch, book.best_loss, selected, book.cfg)
     result.final.update(test_loss=test_loss, test_acc=test_acc)
     result.state_dict = {k: v.cpu() for k, v in population.member_state(slot, best).items()}
     return result
@@ -486,9 +498,17 @@ def run_population(
     population: int,
     splits: Splits,
     tracker,  # tracking.Tracker
+    tally,  # sweep.Tally
 ) -> None:
-    """Run the study to `total` counted trials, `population` trials at a time."""
+    """Run the study to `total` counted trials, `population` trials at a time.
+
+    Trials are asked under the study's lock, counting the ones other sweeps run, so the study
+    ends at exactly `total` (as `sweep.claim_trial` does for one trial at a time).
+    """
+    from studylib.locks import exclusive
+    from studylib.recovery import OWNER_ATTR, Worker
     from studylib.sweep import (
+        _close_trial,
         close_interrupted_run,
         close_trial_run,
         counted_trials,
@@ -499,15 +519,23 @@ def run_population(
     )
 
     check_population_search(exp)
-    while (left := total - counted_trials(study)) > 0:
-        trials = [study.ask() for _ in range(min(population, left))]
+    while True:
+        with exclusive(settings.storage, f"study:{study.study_name}"):
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            left = total - counted_trials(study) - running
+            if left <= 0:
+                break
+            study.sampler = optuna.samplers.TPESampler(seed=exp.seed + len(study.trials))
+            trials = [study.ask() for _ in range(min(population, left))]
+            for trial in trials:
+                trial.set_user_attr(OWNER_ATTR, Worker.current().as_attr())
         members = [trial_setup(exp, trial) for trial in trials]
         progress.start_trial(f"{trials[0].number}-{trials[-1].number}")
         cfgs = [cfg for cfg, _, _ in members]
         runs = []
         try:
             batch = Population(cfgs, splits)
-            for cfg, tags, name in members:
+            for trial, (cfg, tags, name) in zip(trials, members, strict=True):
                 runs.append(
                     start_trial_run(
                         cfg,
@@ -518,6 +546,7 @@ def run_population(
                         settings.speed,
                         batch.parameter_count,
                         splits.x_train.device,
+                        trial,
                     )
                 )
             callbacks = [
@@ -528,24 +557,26 @@ def run_population(
         except BaseException as exc:  # nothing of this population finished: close it all
             for run in runs:
                 close_interrupted_run(run, exc)
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = f"interrupted by {exc or 'SIGINT'}" if interrupted else repr(exc)
             for trial in trials:
-                study.tell(trial, state=TrialState.FAIL)
+                _close_trial(study, trial, "interrupted" if interrupted else "crashed", reason)
             raise
         failure = None
         for trial, run, (cfg, _, _), outcome in zip(trials, runs, members, outcomes, strict=True):
             if outcome.error is not None:
                 close_interrupted_run(run, outcome.error)
                 pruned = isinstance(outcome.error, optuna.TrialPruned)
-                study.tell(trial, state=TrialState.PRUNED if pruned else TrialState.FAIL)
+                if pruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                    tally.ran += 1
+                else:
+                    _close_trial(study, trial, "crashed", repr(outcome.error))
                 progress.finish_trial(None)
                 failure = failure or (None if pruned else outcome.error)
                 continue
-            value = record_outcome(trial, close_trial_run(run, cfg, outcome.result))
-            if math.isnan(value):
-                study.tell(trial, state=TrialState.FAIL)
-                progress.finish_trial(None)
-            else:
-                study.tell(trial, value)
-                progress.finish_trial(value)
+            trained = close_trial_run(run, cfg, outcome.result, splits.data_metrics)
+            tally.ran += 1
+            progress.finish_trial(record_outcome(study, trial, trained))
         if failure is not None:
             raise failure

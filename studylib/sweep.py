@@ -4,19 +4,33 @@ The search space is `suggest` below; the objective is the validation loss of the
 trial keeps (the best epoch's with early stopping, the last epoch's without). Trial 0 is the
 unregularized baseline. The study lives in Optuna storage and resumes: a second `sweep` adds
 trials until the requested total is reached.
+
+Any number of `sweep` processes may work on one study, on one machine (journal file) or many
+(PostgreSQL). Each trial is claimed under the study's lock (`studylib.locks`): count, then ask,
+so the study ends with exactly the requested number of trials. Before each claim, trials of dead
+workers are failed and queued again with the same parameters (`studylib.recovery`). SIGINT and
+SIGTERM close the current trial in both systems (FAIL in Optuna, KILLED in MLflow) and stop.
+`--workers N` starts N - 1 more such processes on this machine (studylib/workers.py);
+`--population P` trains P claimed trials at once as one batched model (studylib/population.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -32,8 +46,28 @@ from studylib.config import (
     Speed,
 )
 from studylib.data import Splits, load_splits
+from studylib.locks import exclusive
 from studylib.models import build_model
+from studylib.recovery import (
+    BASELINE_ATTR,
+    CONFIG_ATTR,
+    FAILURE_ATTR,
+    MAX_RETRIES,
+    OWNER_ATTR,
+    REASON_ATTR,
+    RUN_ID_ATTR,
+    Worker,
+    audit_records,
+    check_same_settings,
+    close_dead_sweeps,
+    fail_dead_trials,
+    queue_retries,
+    same_settings,
+    study_settings,
+)
+from studylib.redact import redact
 from studylib.tracking import (
+    GROUP_TAG,
     REASON_TAG,
     ROLE_TAG,
     STATUS_TAG,
@@ -41,21 +75,39 @@ from studylib.tracking import (
     TRIAL_TAG,
     Run,
     Tracker,
+    TrackingUnavailable,
     environment_tags,
 )
 from studylib.train import TrainResult, fit, resolve_device
 
-BASELINE_ATTR = "baseline"
 DIVERGED_ATTR = "diverged"
 # Finished trials that count toward the requested total. A FAIL without the diverged mark
 # (a crash, a killed worker) does not count, so a resumed sweep runs it again.
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_SECONDS = 60  # RDB storage: a worker's trial is stale after 3 missed heartbeats
+POLL_SECONDS = 1.0  # how often a worker with nothing to claim looks at the others' trials
 
 
-def make_storage(url_or_path: str) -> optuna.storages.BaseStorage:
-    """A database URL gives Optuna's RDB storage; anything else is a journal file path."""
+def make_storage(
+    url_or_path: str, heartbeat_seconds: int = HEARTBEAT_SECONDS
+) -> optuna.storages.BaseStorage:
+    """A database URL gives Optuna's RDB storage; anything else is a journal file path.
+
+    On a database every trial sends a heartbeat; one silent for 3 intervals is failed by the
+    next worker that looks, and queued again with the same parameters.
+    """
     if "://" in url_or_path:
-        return optuna.storages.RDBStorage(url_or_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url_or_path,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES
+                ),
+            )
     return optuna.storages.JournalStorage(JournalFile(url_or_path))
 
 
@@ -83,6 +135,11 @@ class JournalFile(JournalFileBackend):
                 file.write(text.encode("utf-8"))
         finally:
             self._write_lock.release()
+
+
+def say(message: str) -> None:
+    """A line on stderr that does not tear the progress bar."""
+    tqdm.write(f"studylib: {redact(message)}", file=sys.stderr)
 
 
 def suggest(trial: optuna.Trial, search: dict[str, SearchRange]) -> dict[str, Any]:
@@ -158,16 +215,19 @@ def run_trial(
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
-    model = build_model(exp.model, splits.input_shape, splits.num_classes).to(device)
+    shape, classes, vocab = splits.input_shape, splits.num_classes, splits.vocab_size
+    model = build_model(exp.model, shape, classes, vocab).to(device)
     parameters = sum(p.numel() for p in model.parameters())
-    run = start_trial_run(exp, tracker, run_name, tags, parent_id, speed, parameters, device)
+    run = start_trial_run(exp, tracker, run_name, tags, parent_id, speed, parameters, device, trial)
     on_epoch = trial_epoch_callback(run, exp, trial, progress)
     try:
         result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch, speed=speed)
-    except (Exception, KeyboardInterrupt) as exc:
+    except TrackingUnavailable:
+        raise  # nothing more can be written; the sweep closes the Optuna trial
+    except BaseException as exc:
         close_interrupted_run(run, exc)
         raise
-    return close_trial_run(run, exp, result)
+    return close_trial_run(run, exp, result, splits.data_metrics)
 
 
 def start_trial_run(
@@ -179,6 +239,7 @@ def start_trial_run(
     speed: Speed,
     parameters: int,
     device: torch.device,
+    trial: optuna.Trial | None = None,
 ) -> Run:
     """The MLflow run of one trial, with its tags and its full resolved config as params."""
     run = tracker.start_run(
@@ -192,11 +253,18 @@ def start_trial_run(
             "studylib.device": str(device),
             "studylib.precision": speed.precision,
             "studylib.compile": str(speed.compile),
+            **group_tags(exp),
         },
         parent_id=parent_id,
     )
-    # One write for all params: each MLflow call is a database transaction.
-    run.log_params({**exp.flat(), "model.parameters": parameters})
+    if trial is not None:  # linked now, so a worker that dies mid-trial leaves a trace
+        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+    params: dict[str, Any] = {**exp.flat(), "model.parameters": parameters}
+    if (
+        trial is not None
+    ):  # Optuna's own parameters too (l1_on, ...): the report's fANOVA needs them
+        params.update({f"optuna.{name}": value for name, value in trial.params.items()})
+    run.log_params(params)  # one write (per 100 params): each MLflow call is a transaction
     return run
 
 
@@ -204,14 +272,12 @@ def trial_epoch_callback(
     run: Run, exp: Experiment, trial: optuna.Trial | None, progress: Progress | None
 ) -> Callable[[int, dict[str, float]], None]:
     """Once per epoch: queue the metrics for MLflow, show progress, let Optuna prune."""
-    # Each report is a write to Optuna's storage: make it only when a pruner will read it.
-    prunable = trial is not None and not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_epoch(epoch, metrics)
         if progress is not None:
             progress.epoch(epoch, exp.train.max_epochs)
-        if prunable:
+        if trial is not None:
             trial.report(metrics["val/loss"], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(
@@ -221,31 +287,58 @@ def trial_epoch_callback(
     return on_epoch
 
 
-def close_trial_run(run: Run, exp: Experiment, result: TrainResult) -> TrialOutcome:
-    """Record how a trial ended: curve, final metrics, config and weights; FAILED if diverged."""
+def close_trial_run(
+    run: Run, exp: Experiment, result: TrainResult, data_metrics: dict[str, float] | None = None
+) -> TrialOutcome:
+    """Record how a trial ended: curve, final metrics, config and weights; FAILED if diverged.
+
+    The closing tags, final metrics and the rest of the curve go out in one batch."""
     if result.status == "diverged" and result.history:
         run.log_epoch(len(result.history), result.history[-1])  # the finite part of that epoch
     closing = {STATUS_TAG: result.status, REASON_TAG: result.reason}
     if result.status == "diverged":
-        run.finish("FAILED", tags=closing)
+        run.closing(tags=closing)
+        run.finish("FAILED")
         return TrialOutcome(result, result.status, run.run_id)
     run.log_files(
         json_files={"config.json": exp.model_dump(mode="json")},
         state_dicts={"model.pt": result.state_dict} if result.state_dict is not None else None,
     )
-    run.finish("FINISHED", tags=closing, metrics=result.final)
+    # data_metrics: OOV rates (text)
+    run.closing(tags=closing, metrics={**result.final, **(data_metrics or {})})
+    run.finish("FINISHED")
     return TrialOutcome(result, result.status, run.run_id)
 
 
 def close_interrupted_run(run: Run, exc: BaseException) -> None:
     """Close the run of a trial that training left by an exception: pruned, killed or crashed."""
+    if isinstance(exc, TrackingUnavailable):
+        return  # nothing more can be written
     if isinstance(exc, optuna.TrialPruned):
-        run.finish("FINISHED", tags={STATUS_TAG: "pruned", REASON_TAG: str(exc)})
+        run.closing(tags={STATUS_TAG: "pruned", REASON_TAG: str(exc)})
+        run.finish("FINISHED")
     elif isinstance(exc, KeyboardInterrupt):
-        run.finish("KILLED", tags={STATUS_TAG: "killed", REASON_TAG: "interrupted by the user"})
-    else:
+        reason = f"interrupted by {exc or 'SIGINT'}"
+        run.closing(tags={STATUS_TAG: "killed", REASON_TAG: reason})
+        run.finish("KILLED")
+    elif isinstance(exc, Exception):
         reason = f"{type(exc).__name__}: {exc}"
-        run.finish("FAILED", tags={STATUS_TAG: "crashed", REASON_TAG: reason})
+        run.closing(tags={STATUS_TAG: "crashed", REASON_TAG: reason})
+        run.finish("FAILED")
+
+
+def group_tags(exp: Experiment) -> dict[str, str]:
+    return {GROUP_TAG: exp.group} if exp.group else {}
+
+
+def open_tracker(exp: Experiment, settings: Settings) -> Tracker:
+    """The study's MLflow experiment; a group member's experiment is tagged with its group."""
+    tracker = Tracker(
+        settings.tracking_uri, exp.name, settings.artifact_root, settings.tracking_retry_seconds
+    )
+    if exp.group:
+        tracker.client.set_experiment_tag(tracker.experiment_id, GROUP_TAG, exp.group)
+    return tracker
 
 
 class Progress:
@@ -254,10 +347,10 @@ class Progress:
     def __init__(self, total: int, done: int, enabled: bool):
         self.bar = tqdm(total=total, initial=done, unit="trial", disable=not enabled, leave=True)
         self.best = math.inf
-        self._trial = -1
+        self._trial: int | str = -1
         self._shown = 0.0
 
-    def start_trial(self, number: int) -> None:
+    def start_trial(self, number: int | str) -> None:
         self._trial = number
 
     def epoch(self, epoch: int, max_epochs: int) -> None:
@@ -269,13 +362,46 @@ class Progress:
                 f"best val/loss {best} | trial {self._trial} epoch {epoch}/{max_epochs}"
             )
 
+    def sync(self, done: int) -> None:
+        """Show trials finished by every worker of the study, not only this one."""
+        if done != self.bar.n:
+            self.bar.n = done
+            self.bar.refresh()
+
     def finish_trial(self, value: float | None) -> None:
         if value is not None and value < self.best:
             self.best = value
-        self.bar.update(1)
+        if self.bar.total is None or self.bar.n < self.bar.total:
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the current trial is closed in Optuna and MLflow, then the sweep stops."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into `Interrupted` (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -283,45 +409,261 @@ class SweepSummary:
     study_name: str
     parent_run_id: str
     trials_done: int
-    trials_run: int
+    trials_run: int  # by this process
     best_value: float | None
     best_trial: int | None
     seconds: float
 
 
-def counted_trials(study: optuna.Study) -> int:
+def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(
         1
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if t.state in DONE_STATES
         or (t.state == TrialState.FAIL and t.user_attrs.get(DIVERGED_ATTR))
     )
 
 
-def open_study(exp: Experiment, settings: Settings) -> optuna.Study:
-    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if exp.sweep.pruner.enabled:
-        pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=exp.sweep.pruner.startup_trials,
-            n_warmup_steps=exp.sweep.pruner.warmup_epochs,
-        )
-    study = optuna.create_study(
-        study_name=exp.name,
-        storage=make_storage(settings.storage),
-        direction="minimize",
-        pruner=pruner,
-        load_if_exists=True,
+def counted_trials(study: optuna.Study) -> int:
+    return _counted(study.get_trials(deepcopy=False))
+
+
+def _pruner(exp: Experiment) -> optuna.pruners.BasePruner:
+    if not exp.sweep.pruner.enabled:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=exp.sweep.pruner.startup_trials,
+        n_warmup_steps=exp.sweep.pruner.warmup_epochs,
     )
-    # A fixed seed would replay the same parameters after a resume: offset it by the trials
-    # the study already holds, so a resumed sweep explores on and stays reproducible.
-    study.sampler = optuna.samplers.TPESampler(seed=exp.seed + len(study.trials))
-    return study
+
+
+def open_study(
+    exp: Experiment,
+    settings: Settings,
+    *,
+    new_study: bool = False,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> optuna.Study:
+    """Create or resume the study `exp.name`; refuse one created with other settings.
+
+    A new study stores its settings and queues the baseline, under the study's lock, so
+    workers starting together do it once. With `new_study`, a study of the same name but other
+    settings is left alone and the first free (or matching) `<name>-v2`, `-v3`, ... is used.
+    """
+    storage = storage or make_storage(settings.storage, settings.heartbeat_seconds)
+    names = [exp.name] + [f"{exp.name}-v{k}" for k in range(2, 100)]
+    for name in names:
+        with exclusive(settings.storage, f"study:{name}"):
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                direction="minimize",
+                pruner=_pruner(exp),
+                load_if_exists=True,
+            )
+            if CONFIG_ATTR not in study.user_attrs:
+                if study.trials:
+                    say(f"study {name} predates stored settings: it adopts the current ones")
+                elif exp.sweep.baseline:
+                    study.enqueue_trial(baseline_params(exp), user_attrs={BASELINE_ATTR: True})
+                study.set_user_attr(CONFIG_ATTR, study_settings(exp))
+            elif new_study and not same_settings(study, exp):
+                continue
+            check_same_settings(study, exp, redact(settings.storage))
+        if name != exp.name:
+            say(f"study {exp.name} holds other settings: this sweep uses study {name}")
+        return study
+    raise ConfigError(f"--new-study: {exp.name}-v2 to -v99 all hold other settings")
+
+
+def _heartbeat_seconds(storage: optuna.storages.BaseStorage) -> int | None:
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return storage.get_heartbeat_interval()
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat every interval while it runs (RDB storage only).
+
+    Optuna runs this thread inside `study.optimize`; the sweep claims trials with ask/tell
+    (to count and ask under one lock), so it runs it here.
+    """
+    interval = _heartbeat_seconds(storage)
+    if not interval:
+        yield
+        return
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as exc:  # a database hiccup: the next beat may pass
+                say(f"trial {trial.number}: heartbeat not recorded: {exc}")
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def claim_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    exp: Experiment,
+    total: int,
+    settings: Settings,
+    tracker: Tracker,
+) -> tuple[optuna.Trial | None, bool]:
+    """(trial, False) to run; (None, True) to wait for trials running elsewhere; (None, False)
+    when the study is complete or what remains belongs to workers we cannot judge."""
+    heartbeat_on = _heartbeat_seconds(storage) is not None
+    with exclusive(settings.storage, f"study:{study.study_name}"):
+        for note in fail_dead_trials(study, tracker, heartbeat_on) + queue_retries(study):
+            say(note)
+        trials = study.get_trials(deepcopy=False)
+        done = _counted(trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if done >= total:
+            return None, False
+        if done + len(running) >= total:
+            # The last trials run in other workers; one may yet fail and need a retry.
+            owners = [Worker.from_attr(t.user_attrs.get(OWNER_ATTR)) for t in running]
+            judged = heartbeat_on or any(o is None or o.on_this_machine() for o in owners)
+            return None, judged
+        # Seeded by trial number: reproducible alone, and workers never share a sample.
+        study.sampler = optuna.samplers.TPESampler(seed=exp.seed + len(trials))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        trial.set_user_attr(OWNER_ATTR, Worker.current().as_attr())
+        if trial.user_attrs.get(RUN_ID_ATTR) is not None:  # inherited from a retried trial
+            trial.set_user_attr(RUN_ID_ATTR, None)
+        return trial, False
+
+
+def _close_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: str) -> None:
+    """Mark the trial FAIL with why; never mask the exception that brought us here."""
+    try:
+        trial.set_user_attr(FAILURE_ATTR, failure)
+        trial.set_user_attr(REASON_ATTR, redact(reason)[:500])
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:
+        say(f"trial {trial.number} could not be marked FAIL ({exc}); the next sweep will")
+
+
+def trial_setup(exp: Experiment, trial: optuna.Trial) -> tuple[Experiment, dict[str, str], str]:
+    """A trial's config (sampled values, or the baseline's), MLflow tags and run name."""
+    is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+    values = suggest(trial, exp.sweep.search)
+    if is_baseline:
+        values.update(baseline_values(exp))
+    cfg = exp.with_values(values)
+    tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
+    if is_baseline:
+        tags["studylib.baseline"] = "true"
+    retried = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+    if retried is not None:
+        tags["studylib.retry_of"] = str(retried)
+    name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
+    return cfg, tags, name
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> float | None:
+    """Tell Optuna how a trained trial ended; its value, None if it diverged (a counted FAIL)."""
+    assert outcome.result is not None
+    if outcome.status == "diverged":
+        trial.set_user_attr(DIVERGED_ATTR, outcome.result.reason)
+        trial.set_user_attr(FAILURE_ATTR, "diverged")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    value = outcome.result.final["selected_val_loss"]
+    for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
+        trial.set_user_attr(key, outcome.result.final[key])
+    study.tell(trial, value)
+    return value
+
+
+@dataclass
+class Tally:
+    ran: int = 0  # trials this process (or its workers) ran to an end
+
+
+def claim_loop(
+    exp: Experiment,
+    settings: Settings,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    splits: Splits,
+    total: int,
+    parent_id: str,
+    progress: Progress,
+    tally: Tally,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Claim a trial, run it, tell Optuna; until the study holds `total` counted trials."""
+
+    def evaluate(trial: optuna.Trial) -> None:
+        progress.start_trial(trial.number)
+        cfg, tags, name = trial_setup(exp, trial)
+        try:
+            with heartbeat(storage, trial):
+                outcome = run_trial(
+                    cfg,
+                    splits,
+                    tracker,
+                    run_name=name,
+                    tags=tags,
+                    parent_id=parent_id,
+                    trial=trial,
+                    progress=progress,
+                    speed=settings.speed,
+                )
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            tally.ran += 1
+            progress.finish_trial(None)
+            return
+        except TrackingUnavailable as exc:
+            _close_trial(study, trial, "tracking", str(exc))
+            raise TrackingUnavailable(
+                f"{exc}. Optuna is consistent: trial {trial.number} is marked FAIL and runs "
+                "again when you rerun the sweep with the server back"
+            ) from None
+        except KeyboardInterrupt as stop:
+            _close_trial(study, trial, "interrupted", f"interrupted by {stop or 'SIGINT'}")
+            raise
+        except BaseException as exc:
+            _close_trial(study, trial, "crashed", f"{type(exc).__name__}: {exc}")
+            raise
+        tally.ran += 1
+        progress.finish_trial(record_outcome(study, trial, outcome))
+
+    while not should_stop():
+        trial, wait = claim_trial(study, storage, exp, total, settings, tracker)
+        progress.sync(min(counted_trials(study), total))
+        if trial is not None:
+            evaluate(trial)
+        elif wait:
+            time.sleep(POLL_SECONDS)
+        else:
+            break
 
 
 def run_sweep(
     exp: Experiment,
     settings: Settings,
     trials: int | None = None,
+    *,
+    new_study: bool = False,
     workers: int = 1,
     population: int = 1,
 ) -> SweepSummary:
@@ -334,64 +676,25 @@ def run_sweep(
     check_speedups(exp, settings, workers, population)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
-    device = resolve_device(settings.device)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    study = open_study(exp, settings)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
-
-    if exp.sweep.baseline and not study.trials:
-        study.enqueue_trial(baseline_params(exp), user_attrs={BASELINE_ATTR: True})
-
-    done = counted_trials(study)
-    parent = tracker.start_run(
-        f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "sweep", STUDY_TAG: exp.name, **environment_tags()},
-    )
-    parent.log_params(exp.flat())
-    progress = Progress(total, min(done, total), settings.progress)
-    if study.best_trials:
-        progress.best = study.best_value
-    objective = trial_objective(exp, settings, splits, tracker, parent.run_id, progress)
-
-    status = "FINISHED"
-    try:
-        if workers > 1:  # N processes on this machine: studylib/workers.py
-            from studylib.workers import run_workers
-
-            run_workers(exp, settings, study, total, parent.run_id, progress, workers, objective)
-        elif population > 1:  # P trials as one batched model: studylib/population.py
-            from studylib.population import run_population
-
-            run_population(
-                exp, settings, study, total, parent.run_id, progress, population, splits, tracker
-            )
-        else:
-            while counted_trials(study) < total:
-                study.optimize(objective, n_trials=total - counted_trials(study))
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        progress.close()
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        summary = SweepSummary(
-            study_name=exp.name,
-            parent_run_id=parent.run_id,
-            trials_done=counted_trials(study),
-            trials_run=counted_trials(study) - done,
-            best_value=study.best_value if finished else None,
-            best_trial=study.best_trial.number if finished else None,
-            seconds=time.monotonic() - started,
+    with stop_on_signals():
+        # Optuna creates its tables in a fresh database without a lock; workers doing so at
+        # once on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
+        with exclusive(settings.storage, "optuna-init"):
+            storage = make_storage(settings.storage, settings.heartbeat_seconds)
+        study = open_study(exp, settings, new_study=new_study, storage=storage)
+        if study.study_name != exp.name:
+            exp = exp.with_values({"name": study.study_name})
+        device = resolve_device(settings.device)
+        splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+        tracker = open_tracker(exp, settings)
+        for note in close_dead_sweeps(tracker):
+            say(note)
+        lacking = audit_records(study, tracker)
+        if lacking:
+            say(f"trials lacking complete MLflow records: {', '.join(lacking)}")
+        return _sweep(
+            exp, settings, study, storage, tracker, splits, total, started, workers, population
         )
-        parent.log_metrics({"trials_done": summary.trials_done, "trials_run": summary.trials_run})
-        if summary.best_value is not None:
-            parent.log_metrics({"best_value": summary.best_value})
-            parent.set_tags({"studylib.best_trial": summary.best_trial})
-        parent.finish(status)
-    return summary
 
 
 def check_speedups(exp: Experiment, settings: Settings, workers: int, population: int) -> None:
@@ -408,80 +711,118 @@ def check_speedups(exp: Experiment, settings: Settings, workers: int, population
         check_population_search(exp)
 
 
-def trial_objective(
-    exp: Experiment,
-    settings: Settings,
-    splits: Splits,
-    tracker: Tracker,
-    parent_id: str,
-    progress: Progress,
-) -> Callable[[optuna.Trial], float]:
-    """The sweep's Optuna objective: each trial one MLflow child run under `parent_id`."""
+def _sweep(
+    exp, settings, study, storage, tracker, splits, total, started, workers=1, population=1
+) -> SweepSummary:
+    done = counted_trials(study)
+    parent = tracker.start_run(
+        f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            ROLE_TAG: "sweep",
+            STUDY_TAG: exp.name,
+            "studylib.storage": redact(settings.storage),
+            OWNER_ATTR: json.dumps(Worker.current().as_attr()),
+            **environment_tags(),
+            **group_tags(exp),
+        },
+    )
+    parent.log_params(exp.flat())
+    progress = Progress(total, min(done, total), settings.progress)
+    if study.best_trials:
+        progress.best = study.best_value
+    tally = Tally()
+    status = "FINISHED"
+    try:
+        if workers > 1:  # N processes on this machine, this one among them: workers.py
+            from studylib.workers import run_workers
 
-    def objective(trial: optuna.Trial) -> float:
-        progress.start_trial(trial.number)
-        cfg, tags, name = trial_setup(exp, trial)
-        try:
-            outcome = run_trial(
-                cfg,
+            run_workers(
+                exp,
+                settings,
+                study,
+                storage,
+                tracker,
+                splits,
+                total,
+                parent.run_id,
+                progress,
+                workers,
+                tally,
+            )
+        elif population > 1:  # P trials as one batched model: population.py
+            from studylib.population import run_population
+
+            run_population(
+                exp,
+                settings,
+                study,
+                total,
+                parent.run_id,
+                progress,
+                population,
                 splits,
                 tracker,
-                run_name=name,
-                tags=tags,
-                parent_id=parent_id,
-                trial=trial,
-                progress=progress,
-                speed=settings.speed,
+                tally,
             )
-        except optuna.TrialPruned:
-            progress.finish_trial(None)
-            raise
-        value = record_outcome(trial, outcome)
-        progress.finish_trial(None if math.isnan(value) else value)
-        return value
-
-    return objective
-
-
-def trial_setup(exp: Experiment, trial: optuna.Trial) -> tuple[Experiment, dict[str, str], str]:
-    """A trial's config (sampled values, or the baseline's), MLflow tags and run name."""
-    is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-    values = suggest(trial, exp.sweep.search)
-    if is_baseline:
-        values.update(baseline_values(exp))
-    cfg = exp.with_values(values)
-    tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
-    if is_baseline:
-        tags["studylib.baseline"] = "true"
-    name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
-    return cfg, tags, name
-
-
-def record_outcome(trial: optuna.Trial, outcome: TrialOutcome) -> float:
-    """Store a finished trial's MLflow run id and figures on it; return its objective value.
-
-    NaN for a diverged trial: Optuna records a NaN objective as a failed trial.
-    """
-    trial.set_user_attr("mlflow_run_id", outcome.run_id)
-    assert outcome.result is not None
-    if outcome.status == "diverged":
-        trial.set_user_attr(DIVERGED_ATTR, outcome.result.reason)
-        return math.nan
-    for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
-        trial.set_user_attr(key, outcome.result.final[key])
-    return outcome.result.final["selected_val_loss"]
+        else:
+            claim_loop(
+                exp,
+                settings,
+                study,
+                storage,
+                tracker,
+                splits,
+                total,
+                parent.run_id,
+                progress,
+                tally,
+            )
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        progress.close()
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        summary = SweepSummary(
+            study_name=exp.name,
+            parent_run_id=parent.run_id,
+            trials_done=counted_trials(study),
+            trials_run=tally.ran,
+            best_value=study.best_value if finished else None,
+            best_trial=study.best_trial.number if finished else None,
+            seconds=time.monotonic() - started,
+        )
+        if tracker.down is None:
+            parent.log_metrics(
+                {"trials_done": summary.trials_done, "trials_run": summary.trials_run}
+            )
+            if summary.best_value is not None:
+                parent.log_metrics({"best_value": summary.best_value})
+                parent.set_tags({"studylib.best_trial": summary.best_trial})
+            parent.finish(status)
+    if summary.trials_done < total:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        say(
+            f"study {exp.name} holds {summary.trials_done} of {total} trials; trials "
+            f"{[t.number for t in running]} still run on other machines"
+        )
+    return summary
 
 
 def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
     """`studylib train`: one run with the experiment's fixed values, logged like a trial."""
-    device = resolve_device(settings.device)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
-    return run_trial(
-        exp,
-        splits,
-        tracker,
-        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
-        speed=settings.speed,
-    )
+    with stop_on_signals():
+        device = resolve_device(settings.device)
+        splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+        tracker = open_tracker(exp, settings)
+        return run_trial(
+            exp,
+            splits,
+            tracker,
+            run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
+            speed=settings.speed,
+        )

@@ -7,6 +7,10 @@ Regularizers (lecture notes, "Weight regularization" and "Dropout layer"):
   never passes through Adam's moment estimates and stays distinct from the L2 penalty);
 - dropout lives in the model;
 - early stopping on validation loss, restoring the best weights.
+Gradients (lecture notes, "Vanishing and Exploding gradients"): `grad_clip` rescales the
+gradient whenever its global norm exceeds the limit (torch.nn.utils.clip_grad_norm_);
+`grad_norms` logs each layer's gradient norm before clipping, averaged over the epoch's batches,
+as `grad_norm/<layer>` (and `grad_norm/total`), so vanishing and exploding gradients show in MLflow.
 Penalties and decay act on weight matrices and kernels only (parameters with two or more
 dimensions): biases and normalization scales are left alone, as is customary, because they
 do not scale a unit's input and shrinking them does not simplify the function.
@@ -27,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from studylib.config import DEFAULT_SPEED, Speed, TrainConfig
 from studylib.data import Splits
+from studylib.stopping import comparison_rules, make_rule, stop_epochs
+from studylib.tasks import TASKS
 
 SPARSITY_THRESHOLD = 1e-3  # |w| below this counts as zero in `weights/sparsity`
 EVAL_BATCH = 8192
@@ -139,6 +144,56 @@ class PenaltyMeter:
         return total
 
 
+def grad_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters per layer for `grad_norm/<layer>`: the model's own `grad_groups()` if it has
+    one (the RNN splits by layer and direction), else the module path up to the first list
+    index: "hidden.0" (MLP), "blocks.2" (CNN), "layers.1" (Transformer), "head"."""
+    own = getattr(model, "grad_groups", None)
+    if callable(own):
+        return own()
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key: list[str] = []
+        for part in name.split(".")[:-1] or [name]:  # drop ".weight" / ".bias"
+            key.append(part)
+            if part.isdigit():
+                break
+        groups.setdefault(".".join(key), []).append(param)
+    return groups
+
+
+class GradNorms:
+    """Per-layer gradient norms summed over an epoch's batches, on the device (no host sync)."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        groups = grad_groups(model)
+        self.names = [f"grad_norm/{name}" for name in groups] + ["grad_norm/total"]
+        self.params = [p for params in groups.values() for p in params]
+        index = [i for i, params in enumerate(groups.values()) for _ in params]
+        self.index = torch.tensor(index, device=device)
+        self.squares = torch.zeros(len(groups), device=device)
+        self.sums = torch.zeros(len(groups) + 1, device=device)
+        self.zero = torch.zeros((), device=device)
+        self.batches = 0
+
+    def add(self) -> None:
+        """After backward: each layer's norm sqrt(sum of its parameters' squared grad norms)."""
+        grads = [self.zero if p.grad is None else p.grad for p in self.params]
+        squared = torch.stack(torch._foreach_norm(grads)).square()
+        self.squares.zero_().index_add_(0, self.index, squared)
+        self.sums[:-1] += self.squares.sqrt()
+        self.sums[-1] += self.squares.sum().sqrt()
+        self.batches += 1
+
+    def epoch_means(self) -> torch.Tensor:
+        means = self.sums / max(self.batches, 1)
+        self.sums = torch.zeros_like(self.sums)
+        self.batches = 0
+        return means
+
+
 def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer of `cfg` over `params`: one fused kernel per step on CPU and CUDA.
 
@@ -161,22 +216,23 @@ def autocast_context(device: torch.device, speed: Speed) -> contextlib.AbstractC
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classify"
+) -> torch.Tensor:
     """(mean cross-entropy, accuracy) as one device tensor of shape (2,); eval mode, no penalty.
 
     The same function scores train, validation and test, so their gap compares like with like.
+    The task (studylib/tasks.py) says what the loss is averaged over and what counts as correct.
     """
     was_training = model.training
     model.eval()
-    loss_sum = x.new_zeros((), dtype=torch.float32)
-    correct = x.new_zeros((), dtype=torch.float32)
+    sums = torch.zeros(3, device=x.device)  # summed loss, its units, correct examples
     for start in range(0, len(y), EVAL_BATCH):
-        logits = model(x[start : start + EVAL_BATCH]).float()
-        target = y[start : start + EVAL_BATCH]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(dim=1) == target).sum()
+        sums += TASKS[task].score(
+            model, x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        )
     model.train(was_training)
-    return torch.stack([loss_sum, correct]) / len(y)
+    return torch.stack([sums[0] / sums[1], sums[2] / len(y)])
 
 
 @torch.no_grad()
@@ -203,6 +259,7 @@ def fit(
     Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
     """
     device = splits.x_train.device
+    task = TASKS[splits.task]
     order = torch.Generator(device=device).manual_seed(seed)
     optimizer = make_optimizer(cfg, list(model.parameters()))
     # `forward` computes; `model` owns the parameters and the state dict (a compiled module
@@ -212,11 +269,21 @@ def fit(
     weights = decay_parameters(model)
     penalties = PenaltyMeter(weights, cfg.l1, cfg.l2)
     decay_factor = 1.0 - cfg.lr * cfg.weight_decay
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norms = GradNorms(model, device) if cfg.grad_norms else None
     n = len(splits.y_train)
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
-    since_best = 0
+    rule = make_rule(
+        cfg.stopping,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        gl_alpha=cfg.gl_alpha,
+        pq_alpha=cfg.pq_alpha,
+        up_strips=cfg.up_strips,
+        strip=cfg.strip_length,
+    )
     status, reason = "completed", f"trained all {cfg.max_epochs} epochs"
 
     model.train()
@@ -226,13 +293,17 @@ def fit(
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             with autocast:
-                logits = forward(splits.x_train[idx])
-            loss = F.cross_entropy(logits.float(), splits.y_train[idx])
+                loss = task.loss(forward, splits.x_train[idx], splits.y_train[idx]).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.l1 or cfg.l2:
+                # The gradient of `loss + penalty(...)`, added outside autograd.
                 add_penalty_gradients(weights, cfg.l1, cfg.l2)
                 penalties.add(len(idx))
+            if grad_norms is not None:
+                grad_norms.add()  # before clipping: the gradient the loss really has
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
             if cfg.weight_decay:
                 with torch.no_grad():
                     torch._foreach_mul_(weights, decay_factor)
@@ -241,14 +312,15 @@ def fit(
 
         # One host sync per epoch: every figure is computed on the device, then read at once.
         with autocast:
-            train_figures = evaluate(forward, splits.x_train, splits.y_train)
-            val_figures = evaluate(forward, splits.x_val, splits.y_val)
+            train_figures = evaluate(forward, splits.x_train, splits.y_train, splits.task)
+            val_figures = evaluate(forward, splits.x_val, splits.y_val, splits.task)
         if cfg.l1 or cfg.l2:
             objective_sum += penalties.take()
-        figures = torch.cat(
-            [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
-        ).tolist()
-        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures
+        parts = [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
+        if grad_norms is not None:
+            parts.append(grad_norms.epoch_means())
+        figures = torch.cat(parts).tolist()
+        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures[:7]
         metrics = {
             "train/loss": train_loss,
             "train/acc": train_acc,
@@ -261,6 +333,8 @@ def fit(
             "weights/sparsity": sparsity,
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if grad_norms is not None:
+            metrics.update(zip(grad_norms.names, figures[7:], strict=True))
         if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
             status, reason = "diverged", f"non-finite loss at epoch {epoch} (objective {objective})"
             history.append({k: v for k, v in metrics.items() if math.isfinite(v)})
@@ -268,16 +342,14 @@ def fit(
         history.append(metrics)
 
         if val_loss < best_loss - cfg.min_delta:
-            best_loss, best_epoch, since_best = val_loss, epoch, 0
+            best_loss, best_epoch = val_loss, epoch
             if cfg.early_stopping:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
+        should_stop = rule.update(train_loss, val_loss)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if cfg.early_stopping and since_best >= cfg.patience:
-            status = "early_stopped"
-            reason = f"no val/loss improvement > {cfg.min_delta} for {cfg.patience} epochs"
+        if cfg.early_stopping and should_stop:
+            status, reason = "early_stopped", f"rule {rule.name} stopped after epoch {epoch}"
             break
 
     stopped_epoch = len(history)
@@ -295,21 +367,33 @@ def fit(
         model.load_state_dict(best_state)
     # The only time the test split is touched: the kept weights, scored once.
     with autocast:
-        test_loss, test_acc = evaluate(forward, splits.x_test, splits.y_test).tolist()
-    result.final = final_metrics(history, best_epoch, best_loss, result.selected_epoch)
+        test_loss, test_acc = evaluate(forward, splits.x_test, splits.y_test, splits.task).tolist()
+    result.final = final_metrics(history, best_epoch, best_loss, result.selected_epoch, cfg)
     result.final.update(test_loss=test_loss, test_acc=test_acc)
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return result
 
 
 def final_metrics(
-    history: list[dict[str, float]], best_epoch: int, best_loss: float, selected_epoch: int
+    history: list[dict[str, float]],
+    best_epoch: int,
+    best_loss: float,
+    selected_epoch: int,
+    cfg: TrainConfig | None = None,
 ) -> dict[str, float]:
     """A run's closing figures from its history (test scores are added by the caller).
 
     Shared by `fit` and population training, so a member logs exactly what a trial logs.
+    With `cfg`, also the epoch at which each stopping rule would have stopped on these curves
+    (`stop_epoch/<rule>`, 0: not within them).
     """
     kept = history[selected_epoch - 1]
+    would_stop: dict[str, int] = {}
+    if cfg is not None:
+        rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
+        would_stop = stop_epochs(
+            [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
+        )
     return {
         "best_epoch": best_epoch,
         "stopped_epoch": len(history),
@@ -322,4 +406,9 @@ def final_metrics(
         "selected_train_acc": kept["train/acc"],
         "gap_loss": kept["gap/loss"],
         "gap_acc": kept["gap/acc"],
+        "best_gap_loss": history[best_epoch - 1]["gap/loss"],
+        "best_gap_acc": history[best_epoch - 1]["gap/acc"],
+        "final_l2_norm": history[-1]["weights/l2_norm"],
+        "final_sparsity": history[-1]["weights/sparsity"],
+        **{f"stop_epoch/{name}": epoch for name, epoch in would_stop.items()},
     }

@@ -3,11 +3,10 @@
 The main process (`sweep.run_sweep`) opens the study, enqueues the baseline and creates the
 sweep's parent MLflow run; here it starts N - 1 worker processes and is the N-th worker itself
 (it has everything loaded already, so it trains while the others start). Every worker opens
-the same Optuna storage (the journal file takes a lock per write, so processes on one machine
-share it safely) and the same MLflow store, and repeats: claim one of the trials still to run
-from a shared counter, ask Optuna for it, train it, log it as a child run of the parent. The
-counter makes the total exact: N workers never overshoot the requested number of trials,
-however they interleave.
+the same Optuna storage and MLflow store and runs the sweep's own claim loop
+(`sweep.claim_loop`): trials are claimed under the study's lock (count, then ask), so N workers
+end the study at exactly the requested total however they interleave, and trials of a worker
+that died are failed and queued again. Every trial is a child run of the one parent run.
 
 Threads: small models gain nothing from many threads, and N workers each using every core
 oversubscribe the machine (measured on 2 cores: two processes of two threads each ran 10 to
@@ -15,8 +14,8 @@ oversubscribe the machine (measured on 2 cores: two processes of two threads eac
 
 A crashed trial stops the sweep as it does without workers: its worker exits with the error,
 the others finish the trial they are on and take no new one, and the sweep fails.
-Reproducibility: with one worker the sampler is seeded; with several, which worker gets which
-trial depends on timing, so a parallel sweep explores differently on every run.
+Reproducibility: the sampler is seeded by trial number (`sweep.claim_trial`), but which worker
+gets which trial, and what the others had finished by then, depends on timing.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 
@@ -34,6 +32,7 @@ import optuna
 import torch
 
 from studylib.config import ConfigError, Experiment, Settings
+from studylib.data import Splits
 
 POLL_SECONDS = 0.5  # how often the main process refreshes the progress bar
 STOP_GRACE_SECONDS = 60.0  # how long a stopping worker may take to close its trial
@@ -71,26 +70,29 @@ def run_workers(
     exp: Experiment,
     settings: Settings,
     study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker,  # tracking.Tracker of the main process
+    splits: Splits,
     total: int,
     parent_id: str,
     progress,  # sweep.Progress of the main process
     workers: int,
-    objective: Callable[[optuna.Trial], float],  # the main process's own, as a worker
+    tally,  # sweep.Tally: trials run by all the workers together
 ) -> None:
     """Run trials in `workers` processes (this one included) until `study` holds `total`."""
-    from studylib.sweep import counted_trials
+    from studylib.sweep import claim_loop, counted_trials
 
     remaining = total - counted_trials(study)
     if remaining <= 0:
         return
     context = worker_context()
-    slots = context.Value("i", remaining)
+    ran = context.Value("i", 0)
     stop = context.Event()
     threads = threads_per_worker(workers)
     processes = [
         context.Process(
             target=work,
-            args=(exp, settings, parent_id, slots, stop, index, threads),
+            args=(exp, settings, study.study_name, total, parent_id, ran, stop, threads),
             name=f"studylib-worker-{index}",
         )
         for index in range(1, min(workers, remaining))
@@ -99,16 +101,26 @@ def run_workers(
     # let a thread wait for it while this process trains.
     starter = threading.Thread(target=lambda: [p.start() for p in processes], daemon=True)
     starter.start()
-    study.sampler = worker_sampler(exp, study, 0)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        while not stop.is_set() and claim(slots):
-            study.optimize(objective, n_trials=1)
-            _show(study, progress)
+        # Returns once the study is complete: it waits for the trials the others still run.
+        claim_loop(
+            exp,
+            settings,
+            study,
+            storage,
+            tracker,
+            splits,
+            total,
+            parent_id,
+            progress,
+            tally,
+            should_stop=stop.is_set,
+        )
         starter.join()
         while any(process.is_alive() for process in processes):
-            _show(study, progress)
+            progress.sync(min(counted_trials(study), total))
             time.sleep(POLL_SECONDS)
     except BaseException:  # a crash here, or Ctrl-C (which reaches the workers too)
         stop.set()  # the others close the trial they are on and take no new one
@@ -120,21 +132,14 @@ def run_workers(
         raise
     finally:
         torch.set_num_threads(before)
-        _show(study, progress)
+        tally.ran += ran.value
+        progress.sync(min(counted_trials(study), total))
     failed = [p for p in processes if p.exitcode != 0]
     if failed:
         raise RuntimeError(
             f"{len(failed)} of {len(processes) + 1} workers failed (exit codes "
             f"{[p.exitcode for p in failed]}); their tracebacks are printed above"
         )
-
-
-def worker_sampler(exp: Experiment, study: optuna.Study, index: int) -> optuna.samplers.BaseSampler:
-    """TPE for worker `index`: its own seed, so that workers never draw the same random
-    proposals, and constant_liar, which keeps TPE from sending two workers to the same region
-    while their trials are still running."""
-    seed = exp.seed + len(study.trials) + 1_000_003 * index
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -152,55 +157,57 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _show(study: optuna.Study, progress) -> None:
-    """Bring the main process's progress bar up to what the storage holds."""
-    from studylib.sweep import counted_trials
-
-    done = min(counted_trials(study), progress.bar.total)
-    progress.bar.update(max(0, done - progress.bar.n))
-    if study.best_trials:
-        progress.best = min(progress.best, study.best_value)
-        progress.bar.set_postfix_str(f"best val/loss {progress.best:.4f}")
-
-
 def work(
     exp: Experiment,
     settings: Settings,
+    study_name: str,
+    total: int,
     parent_id: str,
-    slots: Synchronized,
+    ran: Synchronized,
     stop: Event,
-    index: int,
     threads: int,
 ) -> None:
-    """One worker process: claim a trial, run it, repeat while trials remain."""
+    """One worker process: the sweep's claim loop under the main process's parent run."""
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
         torch.set_num_interop_threads(1)
     from studylib.data import load_splits
-    from studylib.sweep import Progress, open_study, trial_objective
-    from studylib.tracking import Tracker
+    from studylib.sweep import (
+        Progress,
+        Tally,
+        claim_loop,
+        make_storage,
+        open_tracker,
+        stop_on_signals,
+    )
     from studylib.train import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(resolve_device(settings.device))
-    study = open_study(exp, settings)
-    study.sampler = worker_sampler(exp, study, index)
-    tracker = Tracker(settings.tracking_uri, exp.name, settings.artifact_root)
-    objective = trial_objective(
-        exp, settings, splits, tracker, parent_id, Progress(0, 0, enabled=False)
-    )
-    try:
-        while not stop.is_set() and claim(slots):
-            study.optimize(objective, n_trials=1)
-    except BaseException:
-        stop.set()  # the others finish their current trial and take no new one
-        raise
-
-
-def claim(slots: Synchronized) -> bool:
-    """Take one of the trials still to run; False when none is left."""
-    with slots.get_lock():
-        if slots.value <= 0:
-            return False
-        slots.value -= 1
-        return True
+    tally = Tally()
+    with stop_on_signals():
+        try:
+            storage = make_storage(settings.storage, settings.heartbeat_seconds)
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            device = resolve_device(settings.device)
+            splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+            tracker = open_tracker(exp, settings)
+            progress = Progress(total, 0, enabled=False)
+            claim_loop(
+                exp,
+                settings,
+                study,
+                storage,
+                tracker,
+                splits,
+                total,
+                parent_id,
+                progress,
+                tally,
+                should_stop=stop.is_set,
+            )
+        except BaseException:
+            stop.set()  # the others finish their current trial and take no new one
+            raise
+        finally:
+            with ran.get_lock():
+                ran.value += tally.ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,18 +41,65 @@ def tiny() -> Experiment:
     return Experiment.model_validate(TINY)
 
 
-@pytest.fixture
-def settings(tmp_path: Path, data_cache: Path) -> Settings:
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An MLflow SQLite database with its tables made: creating them takes seconds per test."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def local_settings(root: Path, data_cache: Path) -> Settings:
+    """Embedded defaults, every file under `root`."""
     return Settings(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage=str(tmp_path / "optuna.journal"),
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        storage=str(root / "optuna.journal"),
         device="cpu",
         cache_dir=data_cache,
-        artifact_root=tmp_path / "mlartifacts",
+        artifact_root=root / "mlartifacts",
         progress=False,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_cache: Path, mlflow_template: Path) -> Settings:
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    return local_settings(tmp_path, data_cache)
 
 
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+TINY_ABLATION = {
+    **TINY,
+    "ablation": {
+        "seeds": [0, 1],
+        "strength": {"dropout": 0.3, "l1": 1e-3, "weight_decay": 0.05, "patience": 1},
+        "tune_trials": 2,
+    },
+}
+
+
+@pytest.fixture
+def tiny_ablation() -> Experiment:
+    return Experiment.model_validate(TINY_ABLATION)
+
+
+@pytest.fixture(scope="session")
+def study_report(tmp_path_factory, data_cache, mlflow_template) -> Path:
+    """A tiny sweep and ablation, reported once for every test that reads a report."""
+    from studylib.ablation import run_ablation
+    from studylib.report import write_report
+    from studylib.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("study")
+    shutil.copyfile(mlflow_template, root / "mlflow.db")
+    settings = local_settings(root, data_cache)
+    exp = Experiment.model_validate(TINY_ABLATION)
+    run_sweep(exp, settings, trials=3)
+    run_ablation(exp, settings)
+    return write_report(settings.tracking_uri, ["tiny"], root / "report")

@@ -144,5 +144,77 @@ def test_cli_usage_errors_exit_2(capsys):
 
 
 def test_every_shipped_experiment_file_is_valid():
+    from studylib.config import load_experiments
+
     for path in sorted((REPO / "experiments").glob("*.toml")):
-        load_experiment(path)
+        assert load_experiments(path)  # a group file (all.toml) gives its members
+
+
+# ---------------------------------------------------------------------------------------------
+# The model union: `arch` picks the family; messages keep naming `model.<field>`
+
+
+def test_arch_picks_the_family_and_defaults_to_mlp(tmp_path):
+    assert load_experiment(write(tmp_path, GOOD)).model.arch == "mlp"
+    text = 'name = "t"\n[model]\narch = "rnn"\ncell = "lstm"\n'
+    exp = load_experiment(write(tmp_path, text))
+    assert (exp.model.arch, exp.model.cell) == ("rnn", "lstm")
+    assert exp.with_values({"model.dropout": 0.3}).model.dropout == 0.3  # sweeps reach it
+    assert exp.flat()["model.cell"] == "lstm"
+
+
+def test_unknown_arch_lists_the_families(tmp_path):
+    message = error_of(write(tmp_path, 'name = "t"\n[model]\narch = "lstm"\n'))
+    assert "model.arch = 'lstm'" in message
+    for arch in ("mlp", "cnn", "rnn", "transformer"):
+        assert f"'{arch}'" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "words"),
+    [
+        ('arch = "cnn"\ndropout = 1.5', "model.dropout = 1.5", "less than 1"),
+        ('arch = "rnn"\ndropout = 1.0', "model.dropout = 1.0", "less than 1"),
+        ('arch = "transformer"\nattn_dropout = -0.1', "model.attn_dropout = -0.1", "greater"),
+        ('arch = "rnn"\ncell = "elman"', "model.cell = 'elman'", "'rnn', 'lstm' or 'gru'"),
+    ],
+)
+def test_family_field_errors_name_the_field(tmp_path, model, field, words):
+    message = error_of(write(tmp_path, f'name = "t"\n[model]\n{model}\n'))
+    assert field in message and words in message
+
+
+def test_unknown_key_in_a_family_or_block_lists_its_fields(tmp_path):
+    message = error_of(write(tmp_path, 'name = "t"\n[model]\narch = "rnn"\nhiden = 8\n'))
+    assert "model.hiden: unknown key" in message and "bidirectional" in message
+    text = 'name = "t"\n[model]\narch = "cnn"\n[[model.blocks]]\nchannels = 4\nkernal = 3\n'
+    message = error_of(write(tmp_path, text))
+    assert "model.blocks[0].kernal: unknown key" in message
+    assert "channels, kernel, stride, padding, pool" in message
+    text = 'name = "t"\n[model]\narch = "cnn"\n[[model.blocks]]\ntype = "inception"\n'
+    message = error_of(write(tmp_path, text))
+    assert "model.blocks[0].type = 'inception'" in message and "'dense'" in message
+
+
+def test_group_file_loads_every_member_renamed_and_tagged(tmp_path):
+    from studylib.config import load_experiments
+
+    (tmp_path / "a.toml").write_text('name = "a"\n[model]\narch = "cnn"\n')
+    (tmp_path / "b.toml").write_text('name = "b"\n[model]\narch = "rnn"\n')
+    group = tmp_path / "g.toml"
+    group.write_text(
+        'group = "fam"\nmembers = ["a.toml", "b.toml"]\n[overrides]\n"train.lr" = 0.5\n'
+    )
+    members = load_experiments(group, {"train.max_epochs": 3})
+    assert [(m.name, m.group, m.model.arch) for m in members] == [
+        ("fam-a", "fam", "cnn"),
+        ("fam-b", "fam", "rnn"),
+    ]
+    assert all(m.train.lr == 0.5 and m.train.max_epochs == 3 for m in members)
+    # A bad member fails the whole group before anything runs, naming the member's file.
+    (tmp_path / "b.toml").write_text('name = "b"\n[model]\narch = "rnn"\npatch = 7\n')
+    with pytest.raises(ConfigError, match=r"b.toml: .*model.patch = 7"):
+        load_experiments(group)
+    group.write_text('group = "fam"\nmembers = []\n')
+    with pytest.raises(ConfigError, match=r"g.toml: members"):
+        load_experiments(group)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,46 @@ def test_too_many_training_examples_is_a_config_error(data_cache):
 def test_splits_move_to_device(data_cache):
     splits = load_splits(SMALL, seed=0, cache_dir=data_cache).to(torch.device("cpu"))
     assert splits.input_shape == (40,) and splits.num_classes == data_module.NUM_CLASSES
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn's 8 x 8 digits
+
+DIGITS = DataConfig(name="digits")
+
+
+def test_digits_split_sizes_and_fixed_stratified_test_set():
+    splits = load_splits(DIGITS, seed=0, cache_dir=Path("unused"))
+    assert splits.input_shape == (8, 8) == DIGITS.input_shape
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (1150, 287, 360)
+    assert np.bincount(splits.y_test.numpy()).tolist() == [36] * 10  # stratified
+    assert float(splits.x_train.min()) == 0.0 and float(splits.x_train.max()) == 1.0
+    other = load_splits(DIGITS, seed=7, cache_dir=Path("unused"))
+    # The test set is fixed; the validation split follows the run's seed.
+    assert torch.equal(other.x_test, splits.x_test) and torch.equal(other.y_test, splits.y_test)
+    assert not torch.equal(other.x_val, splits.x_val)
+    train, val, test = rows(splits.x_train), rows(splits.x_val), rows(splits.x_test)
+    assert len(train) + len(val) + len(test) > 1700  # a few digits are pixel-identical
+    assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 1797
+
+
+def test_digits_knobs_touch_training_split_only():
+    clean = load_splits(DIGITS, seed=0, cache_dir=Path("unused"))
+    cfg = DIGITS.model_copy(update={"train_examples": 200, "label_noise": 0.1})
+    noisy = load_splits(cfg, seed=0, cache_dir=Path("unused"))
+    assert torch.equal(noisy.x_val, clean.x_val) and torch.equal(noisy.y_val, clean.y_val)
+    assert torch.equal(noisy.y_test, clean.y_test)
+    assert len(noisy.y_train) == 200
+    assert int((noisy.y_train != clean.y_train[:200]).sum()) == 20
+
+
+def test_mnist1d_generation_fields_are_refused_for_digits():
+    with pytest.raises(ValueError, match=r"data.length = 64 applies to mnist1d only"):
+        DataConfig(name="digits", length=64)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, DIGITS, SMALL.model_copy(update={"length": 24})])
+def test_declared_input_shape_is_what_loading_gives(cfg, data_cache):
+    # Models are checked against `input_shape` at load time, before any data exists.
+    DataConfig.model_validate(cfg.model_dump())
+    assert load_splits(cfg, seed=0, cache_dir=data_cache).input_shape == cfg.input_shape

@@ -34,3 +34,15 @@ def test_dropout_acts_in_training_only():
 def test_width_must_be_positive():
     with pytest.raises(ValueError):
         MLPConfig(hidden=(16, 0))
+
+
+def test_residual_mlp_adds_its_input_back_after_the_first_layer():
+    torch.manual_seed(0)
+    cfg = MLPConfig(hidden=(8, 8), residual=True, activation="relu")
+    model = build_model(cfg, (5,), 3)
+    x = torch.randn(4, 5)
+    h1 = model.hidden[0](x)
+    expected = model.head(h1 + model.hidden[1](h1))  # h <- h + relu(W2 h + b2), the paper's MLP
+    assert torch.allclose(model(x), expected)
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        MLPConfig(hidden=(8, 4), residual=True)

@@ -10,7 +10,12 @@ from mlflow import MlflowClient
 from studylib.config import ConfigError, Experiment
 from studylib.data import load_splits
 from studylib.models import build_model
-from studylib.population import MemberDropout, check_population, fit_population
+from studylib.population import (
+    MemberDropout,
+    check_population,
+    check_population_search,
+    fit_population,
+)
 from studylib.sweep import make_storage, run_sweep
 from studylib.train import fit
 
@@ -142,3 +147,29 @@ def test_population_refuses_a_searched_learning_rate(tiny, settings, capsys, tmp
         run_sweep(Experiment.model_validate(searched), settings, population=2)
     with pytest.raises(ConfigError, match="one or the other"):
         run_sweep(tiny, settings, population=2, workers=2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.stopping": "gl"}, "train.stopping = 'gl'; population training implements"),
+        ({"train.grad_clip": 1.0}, "train.grad_clip = 1.0; population training does not"),
+        ({"train.grad_norms": True}, "train.grad_norms = True; population training does not"),
+    ],
+)
+def test_population_refuses_what_it_does_not_implement(tiny, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_population_search(tiny.with_values(overrides))
+
+
+def test_cli_refuses_population_on_text_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from studylib.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.toml").write_text(
+        'name = "t"\n[data]\nname = "words"\n[model]\narch = "textcnn"\n'
+    )
+    assert main(["sweep", "t.toml", "--population", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.name = 'words'" in err and "classifies fixed-shape examples only" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.toml"]  # nothing written

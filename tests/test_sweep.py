@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from studylib import sweep as sweep_module
 from studylib.config import Experiment
-from studylib.report import load_runs, write_report
+from studylib.report import write_report
+from studylib.results import load_runs
 from studylib.sweep import baseline_params, make_storage, run_sweep, suggest
 
 METRICS_PER_EPOCH = {"train/loss", "train/acc", "val/loss", "val/acc", "gap/loss", "gap/acc"}
@@ -88,21 +89,21 @@ def test_sweep_logs_parent_children_and_resumes(tiny, settings, tmp_path):
     assert len(set(params)) == 4
 
     # The report is built from what MLflow holds.
-    index = write_report(settings.tracking_uri, "tiny", tmp_path / "reports" / "tiny")
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "reports" / "tiny")
     folder = index.parent
-    assert {"index.html", "report.md", "curves.png", "hparams.png"} <= {
-        p.name for p in folder.iterdir()
-    }
+    pngs = {p.name for p in folder.glob("*.png")}
+    assert {"tiny-mlp-curves.png", "tiny-mlp-hparams.png", "tiny-mlp-importance.png"} <= pngs
     page = index.read_text()
-    assert page.count("data:image/png;base64,") == 2
-    assert 'src="http' not in page and "href=" not in page  # nothing to fetch: opens offline
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert "src='http" not in page and "href=" not in page  # nothing to fetch: opens offline
     markdown = (folder / "report.md").read_text()
     rows = [
         line for line in markdown.splitlines() if line.startswith("| ") and "(baseline)" in line
     ]
     assert len(rows) == 1
-    runs = load_runs(settings.tracking_uri, "tiny")
+    runs = load_runs("tiny", settings.tracking_uri)
     assert len(runs) == 4 and runs["baseline"].sum() == 1
+    assert runs["train.l1"].dtype.kind == "f"  # numbers come back as numbers
 
 
 def test_search_space_and_baseline(tiny):
@@ -188,3 +189,94 @@ def test_train_command_passes_the_speed_knobs(tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("knobs").experiment_id])
     assert run.data.tags["studylib.precision"] == "bf16"
     assert run.data.tags["studylib.compile"] == "False"
+
+
+def test_crashed_trial_is_a_failed_run_carrying_its_error(tiny, settings, monkeypatch):
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sweep_module, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_sweep(tiny, settings, trials=1)
+    client = MlflowClient(settings.tracking_uri)
+    (run,) = trial_runs(client, "tiny")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["studylib.status"] == "crashed"
+    assert run.data.tags["studylib.reason"] == "RuntimeError: CUDA out of memory (simulated)"
+    exp = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'sweep'")
+    assert parent.info.status == "FAILED"
+    # A crash is not a result: the study does not count it, so a resumed sweep runs it again.
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_report_lists_diverged_trials_with_their_reason(tiny, settings, tmp_path):
+    exploding = tiny.with_values(
+        {
+            "train.optimizer": "sgd",
+            "train.lr": 0.1,
+            "sweep.search": {"l2": {"low": 100.0, "high": 1000.0, "log": True}},
+        }
+    )
+    summary = run_sweep(exploding, settings, trials=3)
+    assert summary.trials_done == 3  # diverged trials count: they are results
+    index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "reports" / "tiny")
+    markdown = (index.parent / "report.md").read_text()
+    section = markdown.split("## Trials without a result")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "diverged" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
+    assert all("non-finite loss at epoch" in row for row in rows)
+    assert "Trials without a result" in index.read_text()
+
+
+def test_tracking_outage_mid_sweep_keeps_optuna_consistent_and_resume_names_gaps(
+    tiny, settings, monkeypatch, capsys
+):
+    import dataclasses
+    import socket
+
+    from studylib.tracking import Run, TrackingUnavailable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # else MLflow retries for minutes
+    try:  # the exception MLflow really raises when its server is gone
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("x")
+    except Exception as exc:
+        refused = exc
+    finished = []
+    real_finish, real_batch = Run.finish, MlflowClient.log_batch
+
+    def finish(self, status):
+        real_finish(self, status)
+        finished.append(status)
+
+    def log_batch(self, *args, **kwargs):
+        if finished.count("FINISHED") >= 1:  # the server goes away after the first trial
+            raise refused
+        return real_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "finish", finish)
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    quick = dataclasses.replace(settings, tracking_retry_seconds=0.3)
+    with pytest.raises(TrackingUnavailable, match="trial 1 is marked FAIL"):
+        run_sweep(tiny, quick, trials=3)
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["studylib.failure"] == "tracking"
+
+    monkeypatch.setattr(MlflowClient, "log_batch", real_batch)  # the server is back
+    capsys.readouterr()
+    summary = run_sweep(tiny, quick, trials=3)
+    err = capsys.readouterr().err
+    assert "trials lacking complete MLflow records: 1 (run " in err
+    assert "closed as FAILED" in err
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    retry = study.trials[2]
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == study.trials[1].params
+    assert summary.trials_done == 3 and retry.state == TrialState.COMPLETE
+    client = MlflowClient(settings.tracking_uri)
+    gap = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert gap.info.status == "FAILED" and gap.data.tags["studylib.status"] == "tracking"

@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
+import pytest
+import sqlalchemy
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from studylib import tracking
-from studylib.tracking import Tracker
+from studylib.tracking import Tracker, TrackingUnavailable, is_transient
+
+PASSWORD = "pa55-w0rd-XYZ"
 
 
 def test_epoch_metrics_are_written_in_batches(settings, monkeypatch):
@@ -102,3 +110,100 @@ def test_local_sqlite_store_runs_in_wal_mode(settings):
     path = settings.tracking_uri.removeprefix("sqlite:///")
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def locked_error() -> MlflowException:
+    """What MLflow's SQLAlchemy store raises when SQLite stays locked past its busy timeout."""
+    cause = sqlalchemy.exc.OperationalError(
+        "INSERT INTO metrics ...", {}, sqlite3.OperationalError("database is locked")
+    )
+    return MlflowException(message=cause, error_code=TEMPORARILY_UNAVAILABLE)
+
+
+def test_database_is_locked_is_retried_until_the_write_lands(settings, monkeypatch):
+    tracker = Tracker(settings.tracking_uri, "locked", settings.artifact_root)
+    run = tracker.start_run("r", tags={})
+    real = run.client.log_batch
+    failures = [locked_error(), locked_error()]
+
+    def flaky(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "FIRST_DELAY", 0.01)
+    monkeypatch.setattr(run.client, "log_batch", flaky)
+    run.log_metrics({"val/loss": 0.5})
+    assert tracker.retries == 2
+    history = MlflowClient(settings.tracking_uri).get_metric_history(run.run_id, "val/loss")
+    assert [m.value for m in history] == [0.5]  # written once, not once per try
+
+
+def test_other_errors_are_not_retried(settings):
+    tracker = Tracker(settings.tracking_uri, "strict", settings.artifact_root)
+    run = tracker.start_run("r", tags={})
+    run.log_params({"p": 1})
+    with pytest.raises(MlflowException):
+        run.log_params({"p": 2})  # params are immutable: a real error, raised at once
+    assert tracker.retries == 0
+
+
+def test_unreachable_server_gives_one_clear_error_without_the_password(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    uri = f"http://someone:{PASSWORD}@127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable) as raised:
+        Tracker(uri, "down", retry_seconds=1.0)
+    message = str(raised.value)
+    assert time.monotonic() - started < 10
+    assert PASSWORD not in message and "someone:***@127.0.0.1" in message
+    assert "could not find the experiment" in message and "tries over" in message
+    assert "\n" not in message
+
+
+def test_a_tracker_that_gave_up_fails_fast(settings, monkeypatch):
+    tracker = Tracker(settings.tracking_uri, "fast", settings.artifact_root, retry_seconds=0.2)
+    run = tracker.start_run("r", tags={})
+    monkeypatch.setattr(
+        run.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(locked_error())
+    )
+    with pytest.raises(TrackingUnavailable):
+        run.log_metrics({"a": 1.0})
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable):
+        run.set_tags({"b": "2"})
+    assert time.monotonic() - started < 0.05
+
+
+def test_a_retried_create_never_makes_a_second_run(settings, monkeypatch):
+    """The first create reached the store but its answer was lost: the retry finds that run."""
+    tracker = Tracker(settings.tracking_uri, "dedupe", settings.artifact_root)
+    real = tracker.client.create_run
+    calls = []
+
+    def lost_answer(*args, **kwargs):
+        calls.append(1)
+        real(*args, **kwargs)
+        if len(calls) == 1:
+            raise MlflowException("API request to http://x/api/2.0/mlflow/runs/create failed")
+        raise AssertionError("a second create_run was sent")
+
+    monkeypatch.setattr(tracking, "FIRST_DELAY", 0.01)
+    monkeypatch.setattr(tracker.client, "create_run", lost_answer)
+    run = tracker.start_run("once", tags={"studylib.role": "trial"})
+    runs = MlflowClient(settings.tracking_uri).search_runs([tracker.experiment_id])
+    assert [r.info.run_id for r in runs] == [run.run_id]
+
+
+def test_transient_errors_are_told_apart():
+    assert is_transient(locked_error())
+    assert is_transient(MlflowException("API request to http://h/x failed with exception refused"))
+    assert is_transient(MlflowException("x", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not is_transient(MlflowException("Changing param values is not allowed"))
+    assert not is_transient(
+        MlflowException("API request to endpoint /x failed with error code 404 != 200")
+    )
+    assert is_transient(MlflowException("API request to endpoint /x failed with error code 503"))
+    assert not is_transient(ValueError("database"))

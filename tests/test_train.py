@@ -44,17 +44,20 @@ def test_penalty_gradient_is_sign_and_twice_w():
 def test_penalties_skip_biases():
     model = mlp()
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in decay_parameters(model)) == ["net.0.weight", "net.3.weight"]
+    assert sorted(names[id(p)] for p in decay_parameters(model)) == [
+        "head.weight",
+        "hidden.0.0.weight",
+    ]
 
 
 def scripted_validation(monkeypatch, splits: Splits, losses: list[float]) -> None:
     real = train_module.evaluate
     queue = iter(losses)
 
-    def fake(model, x, y):
+    def fake(model, x, y, *task):
         if x is splits.x_val:
             return torch.tensor([next(queue), 0.5])
-        return real(model, x, y)
+        return real(model, x, y, *task)
 
     monkeypatch.setattr(train_module, "evaluate", fake)
 
@@ -76,7 +79,7 @@ def test_early_stopping_waits_patience_epochs_and_restores_best(monkeypatch, spl
     assert result.status == "early_stopped"
     for key, value in model.state_dict().items():
         assert torch.equal(value, snapshots[2][key]), key
-    assert not torch.equal(snapshots[5]["net.0.weight"], snapshots[2]["net.0.weight"])
+    assert not torch.equal(snapshots[5]["head.weight"], snapshots[2]["head.weight"])
 
 
 def test_min_delta_counts_only_real_improvements(monkeypatch, splits):
@@ -223,3 +226,83 @@ def test_injected_penalty_gradient_equals_autograd_through_the_penalty(splits):
     ):
         assert torch.allclose(a, b, atol=1e-6), name
     assert result.history[0]["train/objective"] == pytest.approx(objective.item(), rel=1e-6)
+
+
+def test_prechelt_rule_drives_early_stopping(monkeypatch, splits):
+    scripted_validation(monkeypatch, splits, [1.0, 0.8, 0.7, 0.72, 0.75, 0.8, 0.9])
+    cfg = TrainConfig(max_epochs=7, stopping="gl", gl_alpha=5.0, lr=1e-2, batch_size=50)
+    result = fit(mlp(), splits, cfg, seed=0)
+    # GL(4) = 2.9 %, GL(5) = 7.1 % > 5: stop after epoch 5, keep epoch 3.
+    assert (result.stopped_epoch, result.best_epoch, result.selected_epoch) == (5, 3, 3)
+    assert result.final["stop_epoch/gl5"] == 5
+    assert result.final["stop_epoch/gl1"] == 4
+    assert result.final["best_gap_loss"] == pytest.approx(result.history[2]["gap/loss"])
+
+
+def test_grad_clip_bounds_the_step():
+    # One SGD step without momentum moves the weights by lr * g; clipped, |g| <= grad_clip.
+    full = Splits(
+        x_train=torch.randn(32, 40) * 50,  # large inputs: a large gradient
+        y_train=torch.randint(0, 10, (32,)),
+        x_val=torch.randn(8, 40),
+        y_val=torch.randint(0, 10, (8,)),
+        x_test=torch.randn(8, 40),
+        y_test=torch.randint(0, 10, (8,)),
+        num_classes=10,
+    )
+    base = dict(optimizer="sgd", momentum=0.0, lr=1.0, batch_size=32, max_epochs=1)
+    moves = {}
+    for clip in (0.0, 0.01):
+        model = mlp()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        fit(model, full, TrainConfig(**base, early_stopping=False, grad_clip=clip), seed=0)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        moves[clip] = float((after - before).norm())
+    assert moves[0.0] > 0.1  # unclipped, the step is large
+    assert moves[0.01] == pytest.approx(0.01, rel=1e-4)  # clipped to lr * grad_clip exactly
+
+
+def test_grad_norms_per_layer_match_a_hand_computation(splits):
+    from studylib.models.rnn import RNNConfig
+
+    def gru():
+        torch.manual_seed(0)
+        return build_model(RNNConfig(hidden=4, layers=2, bidirectional=True), (40,), 10)
+
+    n = len(splits.y_train)  # one batch per epoch: the first epoch's norm is at the init
+    cfg = TrainConfig(batch_size=n, max_epochs=2, early_stopping=False, grad_norms=True)
+    result = fit(gru(), splits, cfg, seed=0)
+    first = result.history[0]
+    names = ["rnn.l0", "rnn.l0_reverse", "rnn.l1", "rnn.l1_reverse", "head", "total"]
+    assert sorted(k for k in first if k.startswith("grad_norm/")) == sorted(
+        f"grad_norm/{name}" for name in names
+    )
+    reference = gru()
+    loss = torch.nn.functional.cross_entropy(reference(splits.x_train), splits.y_train)
+    loss.backward()
+    squares = {}
+    for name, params in reference.grad_groups().items():
+        squares[name] = sum(float(p.grad.square().sum()) for p in params)
+        assert first[f"grad_norm/{name}"] == pytest.approx(squares[name] ** 0.5, rel=1e-4)
+    assert first["grad_norm/total"] == pytest.approx(sum(squares.values()) ** 0.5, rel=1e-4)
+    assert "grad_norm/total" not in fit(mlp(), splits, TrainConfig(max_epochs=1), 0).history[0]
+
+
+def test_default_gradient_groups_follow_module_paths():
+    from studylib.models.cnn import CNNConfig
+    from studylib.models.transformer import TransformerConfig
+    from studylib.train import grad_groups
+
+    assert list(grad_groups(mlp())) == ["hidden.0", "head"]
+    cnn = build_model(CNNConfig(head=[8]), (40,), 10)
+    assert list(grad_groups(cnn)) == ["blocks.0", "blocks.1", "blocks.2", "head.0", "head.1"]
+    transformer = build_model(TransformerConfig(layers=2), (40,), 10)
+    assert list(grad_groups(transformer)) == [
+        "cls",
+        "position",
+        "embed",
+        "layers.0",
+        "layers.1",
+        "norm",
+        "head",
+    ]

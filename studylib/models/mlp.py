@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
+
+from studylib.models.common import FrozenConfig, reads_numbers
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -22,8 +24,8 @@ ACTIVATIONS = {
 }
 
 
-class MLPConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class MLPConfig(FrozenConfig):
+    """Accepts examples of any shape: they are flattened (MNIST-1D: 40, digits: 64 inputs)."""
 
     arch: Literal["mlp"] = "mlp"
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = Field(
@@ -31,6 +33,21 @@ class MLPConfig(BaseModel):
     )
     activation: Literal[tuple(ACTIVATIONS)] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1, description="drop probability after each hidden layer")
+    residual: bool = Field(
+        False,
+        description="hidden layers after the first add their input back: h <- h + f(W h + b) "
+        "(the MNIST-1D paper's MLP); needs equal widths",
+    )
+
+    @model_validator(mode="after")
+    def _widths_match(self) -> MLPConfig:
+        if self.residual and len(set(self.hidden)) > 1:
+            raise ValueError(f"residual needs equal hidden widths, got {list(self.hidden)}")
+        return self
+
+    def check_input(self, input_shape: tuple[int, ...] | None) -> None:
+        """Any shape of numbers will do: the MLP flattens it."""
+        reads_numbers("mlp", input_shape)
 
 
 class MLP(nn.Module):
@@ -39,15 +56,18 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for hidden in cfg.hidden:
-            layers += [
-                nn.Linear(width, hidden),
-                ACTIVATIONS[cfg.activation](),
-                nn.Dropout(cfg.dropout),
-            ]
+            layers.append(
+                nn.Sequential(
+                    nn.Linear(width, hidden), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)
+                )
+            )
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.hidden = nn.ModuleList(layers)
+        self.head = nn.Linear(width, num_classes)
+        self.residual = cfg.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, L) or (B, C, L) -> (B, num_classes)
-        return self.net(x.flatten(1))
+        h = x.flatten(1)  # (B, L) or (B, C, L) -> (B, D)
+        for i, layer in enumerate(self.hidden):
+            h = h + layer(h) if self.residual and i > 0 else layer(h)  # (B, hidden)
+        return self.head(h)  # (B, num_classes)

@@ -1,4 +1,4 @@
-"""Reading curves back: the bulk read gives what MLflow's own API gives."""
+"""Reading curves back (studylib.results): the bulk read gives what MLflow's own API gives."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from studylib import report
-from studylib.report import load_curves
+from studylib import results
+from studylib.results import load_curves
 from studylib.tracking import Tracker
 
 
@@ -29,9 +29,9 @@ def logged(settings):
 
 def test_bulk_read_equals_the_per_run_api(logged, monkeypatch):
     uri, ids = logged
-    bulk = load_curves(uri, ids, keys=("train/loss", "val/loss"))
-    monkeypatch.setattr(report, "SQL_SCHEMES", ())  # force MLflow's get_metric_history
-    per_run = load_curves(uri, ids, keys=("train/loss", "val/loss"))
+    bulk = load_curves(ids, ("train/loss", "val/loss"), uri)
+    monkeypatch.setattr(results, "SQL_SCHEMES", ())  # force MLflow's get_metric_history
+    per_run = load_curves(ids, ("train/loss", "val/loss"), uri)
     order = ["run_id", "key", "epoch"]
     pd.testing.assert_frame_equal(
         bulk.sort_values(order).reset_index(drop=True),
@@ -50,5 +50,5 @@ def test_bulk_read_keeps_the_later_of_two_writes_at_one_step(settings):
     time.sleep(0.01)  # a later timestamp
     run.log_epoch(1, {"val/loss": 0.5})  # a retried epoch
     run.finish("FINISHED")
-    curves = load_curves(settings.tracking_uri, [run.run_id], keys=("val/loss",))
+    curves = load_curves([run.run_id], ("val/loss",), settings.tracking_uri)
     assert curves["value"].tolist() == [0.5]
