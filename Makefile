@@ -10,8 +10,9 @@ TORCH ?= torch==2.13.0
 # The default study: the MLP sweep + ablation, and the plain-vs-residual depth comparison.
 EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup setup-browser sweep ui report test test-slow faults lint format clean
+.PHONY: help setup setup-browser sweep ui report test test-slow faults lint format clean bench gpu-check
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
@@ -47,6 +48,12 @@ test-slow: setup ## the slow tests only
 faults: setup ## kill, interrupt, diverge, crowd and cut off sweeps; print what was lost (must be 0)
 	$(BIN)/python -m studylib.faults $(ARGS)
 
+bench: setup ## speed against the floor and the tutorial sweep (BENCH_ARGS=--quick: a few minutes)
+	$(BIN)/python -m studylib.bench $(BENCH_ARGS)
+
+gpu-check: setup ## on a CUDA machine: gpu tests + benchmark, results under $OUT (or bench/out)
+	PYTHON=$(BIN)/python ./bench/gpu-check.sh
+
 lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,5 +63,5 @@ format: setup ## ruff format and the safe ruff fixes
 	$(BIN)/ruff format .
 
 clean: ## delete generated results: mlflow.db, mlartifacts/, optuna.journal, the data cache, reports
-	rm -rf mlflow.db mlartifacts optuna.journal *.studylib-lock .studylib-cache
+	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts optuna.journal *.studylib-lock .studylib-cache
 	find reports -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -10,7 +10,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from studylib.config import ConfigError, Settings, load_experiments, parse_assignment
+from studylib.config import ConfigError, Settings, Speed, load_experiments, parse_assignment
 from studylib.redact import install_log_filter, redact, remember
 
 EXIT_BAD_INPUT = 2  # also: a study resumed with other settings
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry MLflow this long before stopping with an error "
         f"(default {DEFAULTS.tracking_retry_seconds:.0f})",
     )
+    _add_speed_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
     train = commands.add_parser("train", help="one run with fixed values, logged like a trial")
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_args(train)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
+    _add_speed_args(train, workers=False)
     train.set_defaults(handler=cmd_train)
 
     report = commands.add_parser("report", help="write the comparison report from MLflow")
@@ -146,6 +148,34 @@ def _add_backend_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.tracking_uri,
         help=f"MLflow tracking URI (default {DEFAULTS.tracking_uri})",
     )
+
+
+def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> None:
+    speed = parser.add_argument_group("speed (make bench measures each)")
+    if workers:
+        speed.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=1,
+            help="worker processes on this machine sharing the study (default 1)",
+        )
+        speed.add_argument(
+            "--population",
+            type=_positive_int,
+            default=1,
+            help="train this many trials at once as one batched model (default 1)",
+        )
+    speed.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=DEFAULTS.speed.precision,
+        help="bf16: forward passes under torch.autocast (default fp32)",
+    )
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _speed(args: argparse.Namespace) -> Speed:
+    return Speed(precision=args.precision, compile=args.compile)
 
 
 def _positive_int(text: str) -> int:
@@ -190,7 +220,7 @@ def _check_backends(settings: Settings) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from studylib.sweep import run_sweep
+    from studylib.sweep import check_speedups, run_sweep
 
     experiments = load_experiments(args.experiment)  # a group file: every member, all validated
     if args.seed is not None:
@@ -209,11 +239,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         heartbeat_seconds=args.heartbeat,
         tracking_retry_seconds=args.tracking_timeout,
+        speed=_speed(args),
     )
     _check_backends(settings)
+    for exp in experiments:  # every bad setting is refused before anything runs
+        check_speedups(exp, settings, args.workers, args.population)
     for exp in experiments:
         if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
-            summary = run_sweep(exp, settings, trials=args.trials, new_study=args.new_study)
+            summary = run_sweep(
+                exp,
+                settings,
+                trials=args.trials,
+                new_study=args.new_study,
+                workers=args.workers,
+                population=args.population,
+            )
             print(
                 f"study {summary.study_name}: {summary.trials_done} trials "
                 f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
@@ -240,7 +280,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_assignment(text) for text in args.assignments)
     experiments = load_experiments(args.experiment, overrides)
-    settings = replace(DEFAULTS, tracking_uri=args.tracking_uri, device=args.device)
+    settings = replace(
+        DEFAULTS, tracking_uri=args.tracking_uri, device=args.device, speed=_speed(args)
+    )
     _check_backends(settings)
     code = 0
     for exp in experiments:

@@ -356,6 +356,22 @@ class Experiment(Frozen):
 
 
 @dataclass(frozen=True)
+class Speed:
+    """How a run uses the hardware; off by default until `make bench` shows a knob winning.
+
+    Neither knob changes the arithmetic beyond float rounding: bf16 runs the forward passes
+    under `torch.autocast` (losses and metrics stay float32), compile wraps the model in
+    `torch.compile` (the first epochs pay for compilation).
+    """
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+
+
+DEFAULT_SPEED = Speed()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where results go and what runs them: not part of an experiment's science."""
 
@@ -365,6 +381,7 @@ class Settings:
     cache_dir: Path = Path(".studylib-cache")
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
+    speed: Speed = DEFAULT_SPEED
     heartbeat_seconds: int = 60  # database storage: trials of a worker silent 3x this fail
     tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
@@ -454,8 +471,11 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
     elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         key = "arch" if field == "model" else "type"
-        tag = first.get("ctx", {}).get("tag")
-        text = f"{path}: {field}.{key} = {tag!r}: allowed: {first['ctx']['expected_tags']}"
+        context = first.get("ctx", {})
+        if "expected_tags" in context:
+            text = f"{path}: {field}.{key} = {context.get('tag')!r}: allowed: {context['expected_tags']}"
+        else:  # not even a table: `model = false`
+            text = f"{path}: {field} = {_short(first.get('input'))}: expected a table with `{key}`"
     elif not first["loc"]:  # a check across sections (model against data): its own message
         text = f"{path}: {message}"
     elif isinstance(first.get("input"), dict):  # a check across one section's fields

@@ -117,7 +117,9 @@ def _curves_from_sql(ids: list[str], keys: Sequence[str], uri: str) -> pd.DataFr
     # (run_uuid, key, value, timestamp, step, is_nan).
     engine = sqlalchemy.create_engine(uri)
     query = sqlalchemy.text(
-        "SELECT run_uuid AS run_id, key, step AS epoch, value FROM metrics "
+        # MLflow stores a NaN as value 0 with is_nan set: read it back as NaN, as its API does.
+        "SELECT run_uuid AS run_id, key, step AS epoch, "
+        "CASE WHEN is_nan THEN NULL ELSE value END AS value FROM metrics "
         "WHERE run_uuid IN :ids AND key IN :keys"
     ).bindparams(
         sqlalchemy.bindparam("ids", expanding=True), sqlalchemy.bindparam("keys", expanding=True)
@@ -133,6 +135,7 @@ def _curves_from_sql(ids: list[str], keys: Sequence[str], uri: str) -> pd.DataFr
     finally:
         engine.dispose()
     frame = pd.concat(parts, ignore_index=True)
+    frame["value"] = frame["value"].astype(float)  # NULL (a NaN) as NaN
     # A value logged twice at one step (a retried write) counts once.
     return frame.drop_duplicates(["run_id", "key", "epoch"], keep="last")
 

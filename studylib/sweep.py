@@ -10,6 +10,8 @@ Any number of `sweep` processes may work on one study, on one machine (journal f
 so the study ends with exactly the requested number of trials. Before each claim, trials of dead
 workers are failed and queued again with the same parameters (`studylib.recovery`). SIGINT and
 SIGTERM close the current trial in both systems (FAIL in Optuna, KILLED in MLflow) and stop.
+`--workers N` starts N - 1 more such processes on this machine (studylib/workers.py);
+`--population P` trains P claimed trials at once as one batched model (studylib/population.py).
 """
 
 from __future__ import annotations
@@ -22,23 +24,26 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import torch
 from optuna.exceptions import ExperimentalWarning
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 from tqdm import tqdm
 
 from studylib.config import (
+    DEFAULT_SPEED,
     REGULARIZER_OFF,
     SEARCHABLE,
     ConfigError,
     Experiment,
     SearchRange,
     Settings,
+    Speed,
 )
 from studylib.data import Splits, load_splits
 from studylib.locks import exclusive
@@ -68,6 +73,7 @@ from studylib.tracking import (
     STATUS_TAG,
     STUDY_TAG,
     TRIAL_TAG,
+    Run,
     Tracker,
     TrackingUnavailable,
     environment_tags,
@@ -102,9 +108,33 @@ def make_storage(
                     max_retry=MAX_RETRIES
                 ),
             )
-    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFile(url_or_path))
 
-    return optuna.storages.JournalStorage(JournalFileBackend(url_or_path))
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, each record appended under its lock but without an fsync.
+
+    A trial writes about ten records (its creation, each parameter, its attributes, its end);
+    Optuna fsyncs every one, 4 ms each on the disk `make bench` measured: 40 ms a trial, most
+    of studylib's overhead per trial. Without the fsync, a record is in the operating
+    system's cache when the write returns: a killed process loses nothing; a power cut may
+    lose the last records, never corrupt the file (a torn last line is skipped on reading).
+    The same guarantee as SQLite's WAL + synchronous=NORMAL used for MLflow (tracking.py).
+    """
+
+    def __init__(self, path: str):
+        self._path = path
+        self._write_lock = JournalFileSymlinkLock(path)
+        super().__init__(path, lock_obj=self._write_lock)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        self._write_lock.acquire()
+        try:
+            with open(self._path, "ab") as file:
+                file.write(text.encode("utf-8"))
+        finally:
+            self._write_lock.release()
 
 
 def say(message: str) -> None:
@@ -176,6 +206,7 @@ def run_trial(
     parent_id: str | None = None,
     trial: optuna.Trial | None = None,
     progress: Progress | None = None,
+    speed: Speed = DEFAULT_SPEED,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
 
@@ -186,6 +217,31 @@ def run_trial(
     torch.manual_seed(exp.seed)  # init and dropout masks
     shape, classes, vocab = splits.input_shape, splits.num_classes, splits.vocab_size
     model = build_model(exp.model, shape, classes, vocab).to(device)
+    parameters = sum(p.numel() for p in model.parameters())
+    run = start_trial_run(exp, tracker, run_name, tags, parent_id, speed, parameters, device, trial)
+    on_epoch = trial_epoch_callback(run, exp, trial, progress)
+    try:
+        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch, speed=speed)
+    except TrackingUnavailable:
+        raise  # nothing more can be written; the sweep closes the Optuna trial
+    except BaseException as exc:
+        close_interrupted_run(run, exc)
+        raise
+    return close_trial_run(run, exp, result, splits.data_metrics)
+
+
+def start_trial_run(
+    exp: Experiment,
+    tracker: Tracker,
+    run_name: str,
+    tags: dict[str, str],
+    parent_id: str | None,
+    speed: Speed,
+    parameters: int,
+    device: torch.device,
+    trial: optuna.Trial | None = None,
+) -> Run:
+    """The MLflow run of one trial, with its tags and its full resolved config as params."""
     run = tracker.start_run(
         run_name,
         tags={
@@ -195,18 +251,27 @@ def run_trial(
             "studylib.dataset": exp.data.name,
             "studylib.seed": str(exp.seed),
             "studylib.device": str(device),
+            "studylib.precision": speed.precision,
+            "studylib.compile": str(speed.compile),
             **group_tags(exp),
         },
         parent_id=parent_id,
     )
     if trial is not None:  # linked now, so a worker that dies mid-trial leaves a trace
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-    run.log_params(exp.flat())
-    run.log_params({"model.parameters": sum(p.numel() for p in model.parameters())})
+    params: dict[str, Any] = {**exp.flat(), "model.parameters": parameters}
     if (
         trial is not None
     ):  # Optuna's own parameters too (l1_on, ...): the report's fANOVA needs them
-        run.log_params({f"optuna.{name}": value for name, value in trial.params.items()})
+        params.update({f"optuna.{name}": value for name, value in trial.params.items()})
+    run.log_params(params)  # one write (per 100 params): each MLflow call is a transaction
+    return run
+
+
+def trial_epoch_callback(
+    run: Run, exp: Experiment, trial: optuna.Trial | None, progress: Progress | None
+) -> Callable[[int, dict[str, float]], None]:
+    """Once per epoch: queue the metrics for MLflow, show progress, let Optuna prune."""
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_epoch(epoch, metrics)
@@ -219,35 +284,47 @@ def run_trial(
                     f"pruned at epoch {epoch}: val/loss {metrics['val/loss']:.4f}"
                 )
 
-    try:
-        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch)
-    except optuna.TrialPruned as pruned:
-        run.set_tags({STATUS_TAG: "pruned", REASON_TAG: str(pruned)})
-        run.finish("FINISHED")
-        raise
-    except TrackingUnavailable:
-        raise  # nothing more can be written; the sweep closes the Optuna trial
-    except KeyboardInterrupt as stop:
-        run.set_tags({STATUS_TAG: "killed", REASON_TAG: f"interrupted by {stop or 'SIGINT'}"})
-        run.finish("KILLED")
-        raise
-    except Exception as exc:
-        run.set_tags({STATUS_TAG: "crashed", REASON_TAG: f"{type(exc).__name__}: {exc}"})
-        run.finish("FAILED")
-        raise
+    return on_epoch
 
+
+def close_trial_run(
+    run: Run, exp: Experiment, result: TrainResult, data_metrics: dict[str, float] | None = None
+) -> TrialOutcome:
+    """Record how a trial ended: curve, final metrics, config and weights; FAILED if diverged.
+
+    The closing tags, final metrics and the rest of the curve go out in one batch."""
     if result.status == "diverged" and result.history:
         run.log_epoch(len(result.history), result.history[-1])  # the finite part of that epoch
-    run.set_tags({STATUS_TAG: result.status, REASON_TAG: result.reason})
+    closing = {STATUS_TAG: result.status, REASON_TAG: result.reason}
     if result.status == "diverged":
+        run.closing(tags=closing)
         run.finish("FAILED")
         return TrialOutcome(result, result.status, run.run_id)
-    run.log_metrics({**result.final, **splits.data_metrics})  # data_metrics: OOV rates (text)
-    run.log_json("config.json", exp.model_dump(mode="json"))
-    if result.state_dict is not None:
-        run.log_state_dict(result.state_dict)
+    run.log_files(
+        json_files={"config.json": exp.model_dump(mode="json")},
+        state_dicts={"model.pt": result.state_dict} if result.state_dict is not None else None,
+    )
+    # data_metrics: OOV rates (text)
+    run.closing(tags=closing, metrics={**result.final, **(data_metrics or {})})
     run.finish("FINISHED")
     return TrialOutcome(result, result.status, run.run_id)
+
+
+def close_interrupted_run(run: Run, exc: BaseException) -> None:
+    """Close the run of a trial that training left by an exception: pruned, killed or crashed."""
+    if isinstance(exc, TrackingUnavailable):
+        return  # nothing more can be written
+    if isinstance(exc, optuna.TrialPruned):
+        run.closing(tags={STATUS_TAG: "pruned", REASON_TAG: str(exc)})
+        run.finish("FINISHED")
+    elif isinstance(exc, KeyboardInterrupt):
+        reason = f"interrupted by {exc or 'SIGINT'}"
+        run.closing(tags={STATUS_TAG: "killed", REASON_TAG: reason})
+        run.finish("KILLED")
+    elif isinstance(exc, Exception):
+        reason = f"{type(exc).__name__}: {exc}"
+        run.closing(tags={STATUS_TAG: "crashed", REASON_TAG: reason})
+        run.finish("FAILED")
 
 
 def group_tags(exp: Experiment) -> dict[str, str]:
@@ -482,11 +559,121 @@ def _close_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason:
         say(f"trial {trial.number} could not be marked FAIL ({exc}); the next sweep will")
 
 
+def trial_setup(exp: Experiment, trial: optuna.Trial) -> tuple[Experiment, dict[str, str], str]:
+    """A trial's config (sampled values, or the baseline's), MLflow tags and run name."""
+    is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+    values = suggest(trial, exp.sweep.search)
+    if is_baseline:
+        values.update(baseline_values(exp))
+    cfg = exp.with_values(values)
+    tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
+    if is_baseline:
+        tags["studylib.baseline"] = "true"
+    retried = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+    if retried is not None:
+        tags["studylib.retry_of"] = str(retried)
+    name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
+    return cfg, tags, name
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> float | None:
+    """Tell Optuna how a trained trial ended; its value, None if it diverged (a counted FAIL)."""
+    assert outcome.result is not None
+    if outcome.status == "diverged":
+        trial.set_user_attr(DIVERGED_ATTR, outcome.result.reason)
+        trial.set_user_attr(FAILURE_ATTR, "diverged")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    value = outcome.result.final["selected_val_loss"]
+    for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
+        trial.set_user_attr(key, outcome.result.final[key])
+    study.tell(trial, value)
+    return value
+
+
+@dataclass
+class Tally:
+    ran: int = 0  # trials this process (or its workers) ran to an end
+
+
+def claim_loop(
+    exp: Experiment,
+    settings: Settings,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    splits: Splits,
+    total: int,
+    parent_id: str,
+    progress: Progress,
+    tally: Tally,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Claim a trial, run it, tell Optuna; until the study holds `total` counted trials."""
+
+    def evaluate(trial: optuna.Trial) -> None:
+        progress.start_trial(trial.number)
+        cfg, tags, name = trial_setup(exp, trial)
+        try:
+            with heartbeat(storage, trial):
+                outcome = run_trial(
+                    cfg,
+                    splits,
+                    tracker,
+                    run_name=name,
+                    tags=tags,
+                    parent_id=parent_id,
+                    trial=trial,
+                    progress=progress,
+                    speed=settings.speed,
+                )
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            tally.ran += 1
+            progress.finish_trial(None)
+            return
+        except TrackingUnavailable as exc:
+            _close_trial(study, trial, "tracking", str(exc))
+            raise TrackingUnavailable(
+                f"{exc}. Optuna is consistent: trial {trial.number} is marked FAIL and runs "
+                "again when you rerun the sweep with the server back"
+            ) from None
+        except KeyboardInterrupt as stop:
+            _close_trial(study, trial, "interrupted", f"interrupted by {stop or 'SIGINT'}")
+            raise
+        except BaseException as exc:
+            _close_trial(study, trial, "crashed", f"{type(exc).__name__}: {exc}")
+            raise
+        tally.ran += 1
+        progress.finish_trial(record_outcome(study, trial, outcome))
+
+    while not should_stop():
+        trial, wait = claim_trial(study, storage, exp, total, settings, tracker)
+        progress.sync(min(counted_trials(study), total))
+        if trial is not None:
+            evaluate(trial)
+        elif wait:
+            time.sleep(POLL_SECONDS)
+        else:
+            break
+
+
 def run_sweep(
-    exp: Experiment, settings: Settings, trials: int | None = None, *, new_study: bool = False
+    exp: Experiment,
+    settings: Settings,
+    trials: int | None = None,
+    *,
+    new_study: bool = False,
+    workers: int = 1,
+    population: int = 1,
 ) -> SweepSummary:
-    """Run the study until it holds `trials` (default: the experiment's) counted trials."""
+    """Run the study until it holds `trials` (default: the experiment's) counted trials.
+
+    With `workers` > 1 the trials run in that many processes (studylib/workers.py); with
+    `population` > 1 that many trials train at once as one batched model (population.py).
+    """
     started = time.monotonic()
+    check_speedups(exp, settings, workers, population)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
     with stop_on_signals():
@@ -505,10 +692,28 @@ def run_sweep(
         lacking = audit_records(study, tracker)
         if lacking:
             say(f"trials lacking complete MLflow records: {', '.join(lacking)}")
-        return _sweep(exp, settings, study, storage, tracker, splits, total, started)
+        return _sweep(
+            exp, settings, study, storage, tracker, splits, total, started, workers, population
+        )
 
 
-def _sweep(exp, settings, study, storage, tracker, splits, total, started) -> SweepSummary:
+def check_speedups(exp: Experiment, settings: Settings, workers: int, population: int) -> None:
+    """Bad --workers / --population settings as one ConfigError, before anything runs."""
+    if workers > 1 and population > 1:
+        raise ConfigError("--workers and --population: use one or the other")
+    if workers > 1:
+        from studylib.workers import check_workers
+
+        check_workers(workers, settings.storage)
+    if population > 1:
+        from studylib.population import check_population_search
+
+        check_population_search(exp)
+
+
+def _sweep(
+    exp, settings, study, storage, tracker, splits, total, started, workers=1, population=1
+) -> SweepSummary:
     done = counted_trials(study)
     parent = tracker.start_run(
         f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -525,77 +730,53 @@ def _sweep(exp, settings, study, storage, tracker, splits, total, started) -> Sw
     progress = Progress(total, min(done, total), settings.progress)
     if study.best_trials:
         progress.best = study.best_value
-    ran = 0
-
-    def evaluate(trial: optuna.Trial) -> None:
-        nonlocal ran
-        progress.start_trial(trial.number)
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        values = suggest(trial, exp.sweep.search)
-        if is_baseline:
-            values.update(baseline_values(exp))
-        cfg = exp.with_values(values)
-        tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
-        if is_baseline:
-            tags["studylib.baseline"] = "true"
-        retried = study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
-        if retried is not None:
-            tags["studylib.retry_of"] = str(retried)
-        name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
-        try:
-            with heartbeat(storage, trial):
-                outcome = run_trial(
-                    cfg,
-                    splits,
-                    tracker,
-                    run_name=name,
-                    tags=tags,
-                    parent_id=parent.run_id,
-                    trial=trial,
-                    progress=progress,
-                )
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            ran += 1
-            progress.finish_trial(None)
-            return
-        except TrackingUnavailable as exc:
-            _close_trial(study, trial, "tracking", str(exc))
-            raise TrackingUnavailable(
-                f"{exc}. Optuna is consistent: trial {trial.number} is marked FAIL and runs "
-                "again when you rerun the sweep with the server back"
-            ) from None
-        except KeyboardInterrupt as stop:
-            _close_trial(study, trial, "interrupted", f"interrupted by {stop or 'SIGINT'}")
-            raise
-        except BaseException as exc:
-            _close_trial(study, trial, "crashed", f"{type(exc).__name__}: {exc}")
-            raise
-        assert outcome.result is not None
-        ran += 1
-        if outcome.status == "diverged":
-            trial.set_user_attr(DIVERGED_ATTR, outcome.result.reason)
-            trial.set_user_attr(FAILURE_ATTR, "diverged")
-            study.tell(trial, state=TrialState.FAIL)
-            progress.finish_trial(None)
-            return
-        value = outcome.result.final["selected_val_loss"]
-        for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
-            trial.set_user_attr(key, outcome.result.final[key])
-        study.tell(trial, value)
-        progress.finish_trial(value)
-
+    tally = Tally()
     status = "FINISHED"
     try:
-        while True:
-            trial, wait = claim_trial(study, storage, exp, total, settings, tracker)
-            progress.sync(min(counted_trials(study), total))
-            if trial is not None:
-                evaluate(trial)
-            elif wait:
-                time.sleep(POLL_SECONDS)
-            else:
-                break
+        if workers > 1:  # N processes on this machine, this one among them: workers.py
+            from studylib.workers import run_workers
+
+            run_workers(
+                exp,
+                settings,
+                study,
+                storage,
+                tracker,
+                splits,
+                total,
+                parent.run_id,
+                progress,
+                workers,
+                tally,
+            )
+        elif population > 1:  # P trials as one batched model: population.py
+            from studylib.population import run_population
+
+            run_population(
+                exp,
+                settings,
+                study,
+                total,
+                parent.run_id,
+                progress,
+                population,
+                splits,
+                tracker,
+                tally,
+            )
+        else:
+            claim_loop(
+                exp,
+                settings,
+                study,
+                storage,
+                tracker,
+                splits,
+                total,
+                parent.run_id,
+                progress,
+                tally,
+            )
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -609,7 +790,7 @@ def _sweep(exp, settings, study, storage, tracker, splits, total, started) -> Sw
             study_name=exp.name,
             parent_run_id=parent.run_id,
             trials_done=counted_trials(study),
-            trials_run=ran,
+            trials_run=tally.ran,
             best_value=study.best_value if finished else None,
             best_trial=study.best_trial.number if finished else None,
             seconds=time.monotonic() - started,
@@ -643,4 +824,5 @@ def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
             tracker,
             run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
+            speed=settings.speed,
         )

@@ -16,11 +16,16 @@ dimensions): biases and normalization scales are left alone, as is customary, be
 do not scale a unit's input and shrinking them does not simplify the function.
 
 Speed: the data are tensors on the device; batches are index slices of a random permutation;
-per-epoch figures accumulate on the device and are read back once per epoch.
+per-epoch figures accumulate on the device and are read back once per epoch (one host sync);
+evaluation runs without autograd; the penalties' gradient is added in fused kernels over all
+weight tensors, outside autograd; the optimizer is torch's fused kernel; nothing inside an
+epoch talks to MLflow or Optuna (`on_epoch` runs once per epoch). Optional: bf16 autocast and
+torch.compile (`Speed`); TF32 matmuls on CUDA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from studylib.config import TrainConfig
+from studylib.config import DEFAULT_SPEED, Speed, TrainConfig
 from studylib.data import Splits
 from studylib.stopping import comparison_rules, make_rule, stop_epochs
 from studylib.tasks import TASKS
@@ -53,10 +58,27 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is visible to torch")
+    if name == "cuda":
+        enable_tf32()
     return torch.device(name)
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for float32 matmuls and convolutions (Ampere and later GPUs).
+
+    A 10-bit mantissa inside the matmul, float32 everywhere else: the rounding is far below
+    the seed-to-seed spread of any figure this study reports.
+    """
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the API of torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def decay_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -65,13 +87,61 @@ def decay_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def penalty(weights: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
-    """l1 * sum |w| + l2 * sum w^2, fused over all weight tensors (no per-parameter loop)."""
+    """l1 * sum |w| + l2 * sum w^2, fused over all weight tensors (no per-parameter loop).
+
+    Training adds its gradient directly (`add_penalty_gradients`); this is its value.
+    """
     total = weights[0].new_zeros(())
     if l1:
         total = total + l1 * torch.stack(torch._foreach_norm(weights, 1)).sum()
     if l2:
         total = total + l2 * torch.stack(torch._foreach_norm(weights, 2)).square().sum()
     return total
+
+
+@torch.no_grad()
+def add_penalty_gradients(weights: list[torch.Tensor], l1: float, l2: float) -> None:
+    """Add the penalty's gradient, l1 * sign(w) + 2 * l2 * w, to each weight's .grad.
+
+    The gradient autograd would give for `loss + penalty(...)`, in fused kernels and without
+    a graph: on the default MLP the penalty cost 0.4 ms of a 1.7 ms step through autograd.
+    """
+    for w in weights:
+        if w.grad is None:  # a weight the batch did not reach still feels the penalty
+            w.grad = torch.zeros_like(w)
+    grads = [w.grad for w in weights]
+    if l1:
+        torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=l1)
+    if l2:
+        torch._foreach_add_(grads, weights, alpha=2 * l2)
+
+
+class PenaltyMeter:
+    """The penalty's value summed over an epoch's batches (for `train/objective`).
+
+    Two fused kernels a batch, read once per epoch: per-weight sums of |w| and of w^2 as each
+    batch saw them, weighted by the batch's size.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], l1: float, l2: float):
+        self.weights, self.l1, self.l2 = weights, l1, l2
+        self.l1_sums = [w.new_zeros(()) for w in weights]
+        self.l2_sums = [w.new_zeros(()) for w in weights]
+
+    @torch.no_grad()
+    def add(self, count: int) -> None:
+        if self.l1:
+            torch._foreach_add_(self.l1_sums, torch._foreach_norm(self.weights, 1), alpha=count)
+        if self.l2:
+            norms = torch._foreach_norm(self.weights, 2)
+            torch._foreach_addcmul_(self.l2_sums, norms, norms, value=count)
+
+    def take(self) -> torch.Tensor:
+        """The sum since the last take, as a device scalar; starts a new sum."""
+        l1_sum, l2_sum = torch.stack(self.l1_sums).sum(), torch.stack(self.l2_sums).sum()
+        total = self.l1 * l1_sum + self.l2 * l2_sum
+        torch._foreach_zero_(self.l1_sums + self.l2_sums)
+        return total
 
 
 def grad_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -124,14 +194,25 @@ class GradNorms:
         return means
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # weight_decay is applied by `fit` itself (decoupled), so every optimizer gets 0 here.
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer of `cfg` over `params`: one fused kernel per step on CPU and CUDA.
+
+    weight_decay is applied by `fit` itself (decoupled), so every optimizer gets 0 here.
+    """
+    params = [p for p in params if p.requires_grad]
+    fused = params[0].device.type in ("cpu", "cuda") or None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=fused)
+
+
+def autocast_context(device: torch.device, speed: Speed) -> contextlib.AbstractContextManager:
+    """bf16 autocast for forward passes when asked for; a no-op context otherwise."""
+    if speed.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -169,6 +250,7 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    speed: Speed = DEFAULT_SPEED,
 ) -> TrainResult:
     """Train `model` (already on the splits' device) and score the kept weights on test once.
 
@@ -179,8 +261,13 @@ def fit(
     device = splits.x_train.device
     task = TASKS[splits.task]
     order = torch.Generator(device=device).manual_seed(seed)
-    optimizer = make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, list(model.parameters()))
+    # `forward` computes; `model` owns the parameters and the state dict (a compiled module
+    # shares them and prefixes their names).
+    forward = torch.compile(model) if speed.compile else model
+    autocast = autocast_context(device, speed)
     weights = decay_parameters(model)
+    penalties = PenaltyMeter(weights, cfg.l1, cfg.l2)
     decay_factor = 1.0 - cfg.lr * cfg.weight_decay
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norms = GradNorms(model, device) if cfg.grad_norms else None
@@ -205,11 +292,14 @@ def fit(
         perm = torch.randperm(n, device=device, generator=order)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            loss = task.loss(model, splits.x_train[idx], splits.y_train[idx])
-            if cfg.l1 or cfg.l2:
-                loss = loss + penalty(weights, cfg.l1, cfg.l2)
+            with autocast:
+                loss = task.loss(forward, splits.x_train[idx], splits.y_train[idx]).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.l1 or cfg.l2:
+                # The gradient of `loss + penalty(...)`, added outside autograd.
+                add_penalty_gradients(weights, cfg.l1, cfg.l2)
+                penalties.add(len(idx))
             if grad_norms is not None:
                 grad_norms.add()  # before clipping: the gradient the loss really has
             if cfg.grad_clip:
@@ -218,15 +308,15 @@ def fit(
                 with torch.no_grad():
                     torch._foreach_mul_(weights, decay_factor)
             optimizer.step()
-            objective_sum += loss.detach() * len(idx)
+            objective_sum.add_(loss.detach(), alpha=len(idx))
 
         # One host sync per epoch: every figure is computed on the device, then read at once.
-        parts = [
-            (objective_sum / n).reshape(1),
-            evaluate(model, splits.x_train, splits.y_train, splits.task),
-            evaluate(model, splits.x_val, splits.y_val, splits.task),
-            weight_stats(weights),
-        ]
+        with autocast:
+            train_figures = evaluate(forward, splits.x_train, splits.y_train, splits.task)
+            val_figures = evaluate(forward, splits.x_val, splits.y_val, splits.task)
+        if cfg.l1 or cfg.l2:
+            objective_sum += penalties.take()
+        parts = [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
         if grad_norms is not None:
             parts.append(grad_norms.epoch_means())
         figures = torch.cat(parts).tolist()
@@ -276,17 +366,38 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     # The only time the test split is touched: the kept weights, scored once.
-    test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, splits.task).tolist()
-    kept = history[result.selected_epoch - 1]
-    # When would each rule have stopped on these same curves? (0: not within them)
-    rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
-    would_stop = stop_epochs(
-        [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
-    )
-    result.final = {
+    with autocast:
+        test_loss, test_acc = evaluate(forward, splits.x_test, splits.y_test, splits.task).tolist()
+    result.final = final_metrics(history, best_epoch, best_loss, result.selected_epoch, cfg)
+    result.final.update(test_loss=test_loss, test_acc=test_acc)
+    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return result
+
+
+def final_metrics(
+    history: list[dict[str, float]],
+    best_epoch: int,
+    best_loss: float,
+    selected_epoch: int,
+    cfg: TrainConfig | None = None,
+) -> dict[str, float]:
+    """A run's closing figures from its history (test scores are added by the caller).
+
+    Shared by `fit` and population training, so a member logs exactly what a trial logs.
+    With `cfg`, also the epoch at which each stopping rule would have stopped on these curves
+    (`stop_epoch/<rule>`, 0: not within them).
+    """
+    kept = history[selected_epoch - 1]
+    would_stop: dict[str, int] = {}
+    if cfg is not None:
+        rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
+        would_stop = stop_epochs(
+            [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
+        )
+    return {
         "best_epoch": best_epoch,
-        "stopped_epoch": stopped_epoch,
-        "selected_epoch": result.selected_epoch,
+        "stopped_epoch": len(history),
+        "selected_epoch": selected_epoch,
         "best_val_loss": best_loss,
         "best_val_acc": history[best_epoch - 1]["val/acc"],
         "selected_val_loss": kept["val/loss"],
@@ -299,9 +410,5 @@ def fit(
         "best_gap_acc": history[best_epoch - 1]["gap/acc"],
         "final_l2_norm": history[-1]["weights/l2_norm"],
         "final_sparsity": history[-1]["weights/sparsity"],
-        "test_loss": test_loss,
-        "test_acc": test_acc,
         **{f"stop_epoch/{name}": epoch for name, epoch in would_stop.items()},
     }
-    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return result

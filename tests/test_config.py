@@ -218,3 +218,9 @@ def test_group_file_loads_every_member_renamed_and_tagged(tmp_path):
     group.write_text('group = "fam"\nmembers = []\n')
     with pytest.raises(ConfigError, match=r"g.toml: members"):
         load_experiments(group)
+
+
+def test_model_that_is_not_a_table(tmp_path):
+    # Found by hypothesis: the family union has no tag to read from a plain value.
+    message = error_of(write(tmp_path, 'name = "t"\nmodel = false\n'))
+    assert "model = False: expected a table with `arch`" in message

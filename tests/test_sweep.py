@@ -175,6 +175,22 @@ def test_experiment_with_values_revalidates(tiny):
     assert isinstance(tiny.with_values({"train.lr": 0.5}), Experiment)
 
 
+def test_train_command_passes_the_speed_knobs(tmp_path, monkeypatch):
+    from studylib.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e.toml").write_text(
+        'name = "knobs"\n[data]\nnum_train = 200\nnum_test = 50\n'
+        "[model]\nhidden = [8]\n[train]\nmax_epochs = 1\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["train", "e.toml", "--precision", "bf16", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("knobs").experiment_id])
+    assert run.data.tags["studylib.precision"] == "bf16"
+    assert run.data.tags["studylib.compile"] == "False"
+
+
 def test_crashed_trial_is_a_failed_run_carrying_its_error(tiny, settings, monkeypatch):
     def broken_fit(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
@@ -59,6 +62,54 @@ def test_experiment_is_created_once_with_local_artifacts(settings):
         MlflowClient(settings.tracking_uri).get_experiment(first.experiment_id).artifact_location
     )
     assert location == (settings.artifact_root.resolve() / "same").as_uri()
+
+
+def test_finish_writes_curve_final_metrics_and_tags_in_one_batch(settings, monkeypatch):
+    tracker = Tracker(settings.tracking_uri, "closing", settings.artifact_root)
+    run = tracker.start_run("r", tags={})
+    calls = []
+    real = run.client.log_batch
+
+    def counting(run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append((len(metrics), len(tags)))
+        return real(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(run.client, "log_batch", counting)
+    for epoch in range(1, 6):
+        run.log_epoch(epoch, {"val/loss": 1.0 / epoch})
+    run.finish("FINISHED", tags={"studylib.status": "completed"}, metrics={"test_acc": 0.75})
+    assert calls == [(6, 1)]  # 5 epochs + 1 final metric, 1 tag: one transaction
+    stored = MlflowClient(settings.tracking_uri).get_run(run.run_id)
+    assert stored.data.metrics["test_acc"] == 0.75
+    assert stored.data.tags["studylib.status"] == "completed"
+    assert stored.info.status == "FINISHED"
+
+
+def test_finish_with_only_tags_and_nothing_pending(settings):
+    run = Tracker(settings.tracking_uri, "tags-only", settings.artifact_root).start_run("r", {})
+    run.finish("FAILED", tags={"studylib.status": "diverged"})
+    stored = MlflowClient(settings.tracking_uri).get_run(run.run_id)
+    assert stored.data.tags["studylib.status"] == "diverged"
+    assert stored.info.status == "FAILED"
+
+
+def test_files_are_written_where_mlflow_lists_them(settings):
+    run = Tracker(settings.tracking_uri, "files", settings.artifact_root).start_run("r", {})
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    run.log_files(json_files={"config.json": {"lr": 0.1}}, state_dicts={"model.pt": state})
+    client = MlflowClient(settings.tracking_uri)
+    assert sorted(a.path for a in client.list_artifacts(run.run_id)) == ["config.json", "model.pt"]
+    folder = Path(client.download_artifacts(run.run_id, ""))
+    assert json.loads((folder / "config.json").read_text()) == {"lr": 0.1}
+    assert torch.equal(torch.load(folder / "model.pt")["w"], state["w"])
+
+
+def test_local_sqlite_store_runs_in_wal_mode(settings):
+    run = Tracker(settings.tracking_uri, "wal", settings.artifact_root).start_run("r", {})
+    run.finish("FINISHED")
+    path = settings.tracking_uri.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def locked_error() -> MlflowException:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from studylib import train as train_module
-from studylib.config import DataConfig, TrainConfig
+from studylib.config import DataConfig, Speed, TrainConfig
 from studylib.data import Splits, load_splits
 from studylib.models import build_model
 from studylib.models.mlp import MLPConfig
@@ -180,6 +180,52 @@ def test_l1_produces_more_small_weights_than_l2(splits):
     l1 = fit(mlp(), splits, TrainConfig(**base, l1=3e-3), seed=0)
     l2 = fit(mlp(), splits, TrainConfig(**base, l2=3e-3), seed=0)
     assert l1.history[-1]["weights/sparsity"] > l2.history[-1]["weights/sparsity"]
+
+
+def test_bf16_autocast_rounds_differently_but_trains_alike(splits):
+    cfg = TrainConfig(lr=1e-2, batch_size=50, max_epochs=3, early_stopping=False)
+    plain = fit(mlp(), splits, cfg, seed=0)
+    bf16 = fit(mlp(), splits, cfg, seed=0, speed=Speed(precision="bf16"))
+    assert bf16.history[0]["train/loss"] != plain.history[0]["train/loss"]  # autocast was on
+    for mine, theirs in zip(bf16.history, plain.history, strict=True):
+        assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=0.02)
+    assert all(t.dtype == torch.float32 for t in bf16.state_dict.values())  # weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(splits):
+    cfg = TrainConfig(lr=1e-2, batch_size=50, max_epochs=2, early_stopping=False)
+    eager = fit(mlp(), splits, cfg, seed=0)
+    compiled = fit(mlp(), splits, cfg, seed=0, speed=Speed(compile=True))
+    for mine, theirs in zip(compiled.history, eager.history, strict=True):
+        assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=1e-4)
+    assert compiled.state_dict.keys() == eager.state_dict.keys()  # no "_orig_mod." prefix
+
+
+def test_injected_penalty_gradient_equals_autograd_through_the_penalty(splits):
+    """fit adds the penalty's gradient by hand: one SGD step must equal autograd's."""
+    batch = Splits(
+        **{**splits.__dict__, "x_train": splits.x_train[:64], "y_train": splits.y_train[:64]}
+    )
+    cfg = TrainConfig(
+        optimizer="sgd", momentum=0.0, lr=0.5, l1=1e-2, l2=5e-2, batch_size=64, max_epochs=1
+    )
+    ours = mlp()
+    result = fit(ours, batch, cfg.model_copy(update={"early_stopping": False}), seed=0)
+
+    reference = mlp()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(reference(batch.x_train[order]), batch.y_train[order])
+    objective = loss + penalty(decay_parameters(reference), l1=1e-2, l2=5e-2)
+    objective.backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.5 * p.grad
+    for (name, a), b in zip(
+        ours.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert result.history[0]["train/objective"] == pytest.approx(objective.item(), rel=1e-6)
 
 
 def test_prechelt_rule_drives_early_stopping(monkeypatch, splits):
