@@ -52,6 +52,7 @@ from studylib.train import (
     SPARSITY_THRESHOLD,
     EpochCallback,
     TrainResult,
+    epoch_metrics,
     evaluate,
     final_metrics,
     make_optimizer,
@@ -367,18 +368,7 @@ def fit_population(
         for slot, member in enumerate(alive):
             book = books[member]
             objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = rows[slot]
-            metrics = {
-                "train/loss": train_loss,
-                "train/acc": train_acc,
-                "val/loss": val_loss,
-                "val/acc": val_acc,
-                "gap/loss": val_loss - train_loss,
-                "gap/acc": train_acc - val_acc,
-                "train/objective": objective,
-                "weights/l2_norm": norm,
-                "weights/sparsity": sparsity,
-                "lr": lr,
-            }
+            metrics = epoch_metrics(*rows[slot], lr=lr)
             if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
                 book.history.append({k: v for k, v in metrics.items() if math.isfinite(v)})
                 reason = f"non-finite loss at epoch {epoch} (objective {objective})"

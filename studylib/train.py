@@ -244,6 +244,31 @@ def weight_stats(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([norm, small / count])
 
 
+def epoch_metrics(
+    objective: float,
+    train_loss: float,
+    train_acc: float,
+    val_loss: float,
+    val_acc: float,
+    norm: float,
+    sparsity: float,
+    lr: float,
+) -> dict[str, float]:
+    """One epoch's logged figures; sequential and population training name them alike."""
+    return {
+        "train/loss": train_loss,
+        "train/acc": train_acc,
+        "val/loss": val_loss,
+        "val/acc": val_acc,
+        "gap/loss": val_loss - train_loss,
+        "gap/acc": train_acc - val_acc,
+        "train/objective": objective,
+        "weights/l2_norm": norm,
+        "weights/sparsity": sparsity,
+        "lr": lr,
+    }
+
+
 def fit(
     model: nn.Module,
     splits: Splits,
@@ -320,19 +345,8 @@ def fit(
         if grad_norms is not None:
             parts.append(grad_norms.epoch_means())
         figures = torch.cat(parts).tolist()
-        objective, train_loss, train_acc, val_loss, val_acc, norm, sparsity = figures[:7]
-        metrics = {
-            "train/loss": train_loss,
-            "train/acc": train_acc,
-            "val/loss": val_loss,
-            "val/acc": val_acc,
-            "gap/loss": val_loss - train_loss,
-            "gap/acc": train_acc - val_acc,
-            "train/objective": objective,
-            "weights/l2_norm": norm,
-            "weights/sparsity": sparsity,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        metrics = epoch_metrics(*figures[:7], lr=optimizer.param_groups[0]["lr"])
+        objective, train_loss, val_loss = figures[0], figures[1], figures[3]
         if grad_norms is not None:
             metrics.update(zip(grad_norms.names, figures[7:], strict=True))
         if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
