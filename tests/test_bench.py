@@ -48,6 +48,9 @@ def test_every_section_runs(tmp_path, data_cache):
     sweep = results["families"]["mlp"]["sweep"]
     assert set(sweep["studylib"]) == {"1", "2"}
     assert sweep["overhead_ms"] > 0 and sweep["population"]["size"] == 2
+    # The fixed part comes from its own one-epoch sweep; the target is judged on it.
+    assert sweep["fixed_overhead_ms"] > 0
+    assert results["targets"]["overhead_ms"]["value"] == sweep["fixed_overhead_ms"]
     assert "MLflowCallback" in sweep["tutorial_how"] or "hand-written" in sweep["tutorial_how"]
     assert results["report"]["runs"] == 5
     assert results["targets"]["report_seconds"]["met"] is None  # not at the target scale
