@@ -4,7 +4,7 @@
 # bench.txt (every benchmark's table), bench.json (MLP and CNN: trial, sweeps, population,
 # leaks), bench-rt.json (GRU and Transformer: trial, sweeps), bench-knobs.json (bf16 and
 # torch.compile against fp32). Each step has its own timeout, and each benchmark rewrites its
-# JSON after every section, so one run ends in under 9 minutes whatever happens and keeps
+# JSON after every section, so one run ends in about 10 minutes at most whatever happens and keeps
 # what it measured; the most wanted numbers come first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +40,10 @@ timeout 140 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 
 
 # shellcheck disable=SC2206  # BENCH_ARGS: words meant to split
 bench=("$PYTHON" -m studylib.bench --quick --device "$DEVICE" $BENCH_ARGS)
-step 170 "MLP and CNN: trial, sweeps of 16 (workers 1,2,4; population 16), leaks" \
+step 250 "MLP and CNN: trial, sweeps of 16 (workers 1,2,4; population 16), leaks" \
     "${bench[@]}" --families mlp,cnn --sections trial,sweep,leaks --trials 16 --workers 1,2,4 \
     --population 16 --out "$OUT/bench.json"
-step 90 "GRU and Transformer: trial, sweeps of 8 (workers 1,2; population 8)" \
+step 120 "GRU and Transformer: trial, sweeps of 8 (workers 1,2; population 8)" \
     "${bench[@]}" --families rnn,transformer --sections trial,sweep --workers 1,2 \
     --out "$OUT/bench-rt.json"
 step 110 "speed knobs (bf16, torch.compile) for the MLP and CNN" \

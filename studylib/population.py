@@ -161,9 +161,10 @@ class Population:
         for exp in exps:  # each member's init, exactly as its sequential trial makes it
             torch.manual_seed(exp.seed)
             shape, classes, vocab = splits.input_shape, splits.num_classes, splits.vocab_size
-            model = build_model(exp.model, shape, classes, vocab).to(device)
+            model = build_model(exp.model, shape, classes, vocab)
             _check_supported(model)
-            models.append(_with_member_dropout(model))
+            # Moved after the swap: a MemberDropout's rate buffer must live on the device too.
+            models.append(_with_member_dropout(model).to(device))
         self.parameter_count = sum(p.numel() for p in models[0].parameters())
         self.state_names = list(models[0].state_dict())  # what a member's model.pt holds
         params, buffers = stack_module_state(models)

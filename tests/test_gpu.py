@@ -92,6 +92,18 @@ def test_population_on_the_gpu_matches_sequential_trials(exp, data_cache, full_f
             assert mine["val/loss"] == pytest.approx(theirs["val/loss"], rel=1e-3)
 
 
+def test_population_with_dropout_members_trains_on_the_gpu(exp, data_cache):
+    # Each member's dropout rate is a buffer: it must follow the weights onto the device.
+    splits = load_splits(exp.data, exp.seed, data_cache).to(torch.device("cuda"))
+    exps = [exp.with_values({"model.dropout": rate}) for rate in (0.0, 0.3)]
+    outcomes = fit_population(exps, splits)
+    alone = trained(exps[0], splits)  # the member without dropout is untouched by the other
+    assert outcomes[0].result.history[0]["val/loss"] == pytest.approx(
+        alone.history[0]["val/loss"], rel=1e-2
+    )
+    assert outcomes[1].result.final["test_acc"] > 0.15  # above chance (0.1): it learned
+
+
 def test_two_workers_share_one_gpu(tiny, settings, monkeypatch):
     from dataclasses import replace
 
