@@ -34,7 +34,7 @@ step() {  # step SECONDS LABEL COMMAND...: run with a timeout, append to bench.t
 }
 
 echo "== gpu tests" >&2
-timeout 140 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider \
+timeout 120 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
@@ -43,7 +43,7 @@ bench=("$PYTHON" -m studylib.bench --quick --device "$DEVICE" $BENCH_ARGS)
 step 250 "MLP and CNN: trial, sweeps of 16 (workers 1,2,4; population 16), leaks" \
     "${bench[@]}" --families mlp,cnn --sections trial,sweep,leaks --trials 16 --workers 1,2,4 \
     --population 16 --out "$OUT/bench.json"
-step 120 "GRU and Transformer: trial, sweeps of 8 (workers 1,2; population 8)" \
+step 100 "GRU and Transformer: trial, sweeps of 8 (workers 1,2; population 8)" \
     "${bench[@]}" --families rnn,transformer --sections trial,sweep --workers 1,2 \
     --out "$OUT/bench-rt.json"
 step 110 "speed knobs (bf16, torch.compile) for the MLP and CNN" \
