@@ -283,7 +283,12 @@ def studylib_sweep(
     finally:
         torch.set_num_threads(before)
     assert summary.trials_run == trials, summary
-    out = {"seconds": seconds, "setup_seconds": setup, "trials_per_minute": 60 * trials / seconds}
+    out = {
+        "trials": trials,
+        "seconds": seconds,
+        "setup_seconds": setup,
+        "trials_per_minute": 60 * trials / seconds,
+    }
     out.update(child_timing(settings.tracking_uri, exp.name, summary.parent_run_id))
     if workers == 1 and population == 1:  # fit ran in this process: overhead is measurable
         out["fit_seconds"] = fit_seconds[0]
@@ -647,7 +652,10 @@ def bench_sweeps(exp, splits, folder, args, device, family) -> dict[str, Any]:
     cores = machine_cores()
     out: dict[str, Any] = {"trials": args.trials, "cores": cores, "tutorial_seconds": []}
     studylib: dict[int, list[dict[str, float]]] = {w: [] for w in args.workers}
-    population: list[dict[str, float]] = []
+    # Population sweeps in one process, and at the most workers, each training populations
+    # (enough trials that every worker gets at least one population).
+    population_workers = sorted({1, max(args.workers)})
+    population: dict[int, list[dict[str, float]]] = {w: [] for w in population_workers}
     for repeat in range(args.sweep_repeats):
         uri = f"sqlite:///{folder / f'tutorial-{family}.db'}"
         seconds, how = tutorial_sweep(
@@ -666,14 +674,17 @@ def bench_sweeps(exp, splits, folder, args, device, family) -> dict[str, Any]:
                     threads=args.threads,
                 )
             )
-        if args.population > 1 and "population_unsupported" not in out:
-            label = f"sweep-{family}-p{args.population}-{repeat}"
+        for workers in population_workers:
+            if args.population <= 1 or "population_unsupported" in out:
+                break
+            label = f"sweep-{family}-p{args.population}-w{workers}-{repeat}"
             try:
-                population.append(
+                population[workers].append(
                     studylib_sweep(
                         exp.with_values({"name": label}),
                         _settings(folder, label, args.cache_dir, device),
-                        args.trials,
+                        max(args.trials, args.population * workers),
+                        workers=workers,
                         population=args.population,
                         threads=args.threads,
                     )
@@ -695,14 +706,22 @@ def bench_sweeps(exp, splits, folder, args, device, family) -> dict[str, Any]:
         out["overhead_ms"] = median(out["studylib"][1]["overhead_ms"])
         out["setup_seconds"] = median(out["studylib"][1]["setup_seconds"])
         out.update(overhead_split(exp, folder, args, device, family, out["overhead_ms"]))
-    if population:
-        rate = median([run["trials_per_minute"] for run in population])
+    measured = {w: runs for w, runs in population.items() if runs}
+    if measured:
+        rates = {
+            w: median([run["trials_per_minute"] for run in runs]) for w, runs in measured.items()
+        }
+        best_population = max(rates, key=rates.__getitem__)
         out["population"] = {
             "size": args.population,
-            "trials_per_minute": [run["trials_per_minute"] for run in population],
-            "over_sequential_one_worker": rate
+            "trials": {w: [run.get("trials", 0) for run in runs] for w, runs in measured.items()},
+            "trials_per_minute": {
+                w: [r["trials_per_minute"] for r in runs] for w, runs in measured.items()
+            },
+            "best_workers": best_population,
+            "over_sequential_one_worker": rates.get(1, math.nan)
             / out["studylib"][min(out["studylib"])]["median_trials_per_minute"],
-            "over_best_workers": rate / best_rate,
+            "over_best_workers": rates[best_population] / best_rate,
         }
     return out
 
@@ -933,10 +952,24 @@ def family_rows(entry: dict[str, Any], epochs: int) -> list[tuple[str, str]]:
         )
     if "population" in sweep:
         pop = sweep["population"]
+        for workers, rates in pop["trials_per_minute"].items():
+            trials = median(pop["trials"][workers])
+            rows.append(
+                (
+                    f"population of {pop['size']}, {workers} worker(s), {trials:.0f} trials: "
+                    "trials/min",
+                    f"{median(rates):.1f}",
+                )
+            )
         rows += [
-            (f"population of {pop['size']}: trials/min", f"{median(pop['trials_per_minute']):.1f}"),
-            ("population / sequential, 1 worker", f"{pop['over_sequential_one_worker']:.2f}"),
-            ("population / best worker count", f"{pop['over_best_workers']:.2f}"),
+            (
+                "population (1 worker) / sequential (1 worker)",
+                f"{pop['over_sequential_one_worker']:.2f}",
+            ),
+            (
+                f"population ({pop['best_workers']} workers) / sequential (best workers)",
+                f"{pop['over_best_workers']:.2f}",
+            ),
         ]
     elif "population_unsupported" in sweep:
         rows.append(("population", "not supported: " + sweep["population_unsupported"][:60]))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -490,11 +491,14 @@ def run_population(
     splits: Splits,
     tracker,  # tracking.Tracker
     tally,  # sweep.Tally
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run the study to `total` counted trials, `population` trials at a time.
 
     Trials are asked under the study's lock, counting the ones other sweeps run, so the study
-    ends at exactly `total` (as `sweep.claim_trial` does for one trial at a time).
+    ends at exactly `total` (as `sweep.claim_trial` does for one trial at a time), also when
+    several worker processes each train populations (`--workers N --population P`).
+    `should_stop`: checked before each population is asked for (a worker beside this one failed).
     """
     from studylib.locks import exclusive
     from studylib.recovery import OWNER_ATTR, Worker
@@ -510,7 +514,7 @@ def run_population(
     )
 
     check_population_search(exp)
-    while True:
+    while not should_stop():
         with exclusive(settings.storage, f"study:{study.study_name}"):
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             left = total - counted_trials(study) - running

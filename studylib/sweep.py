@@ -699,8 +699,6 @@ def run_sweep(
 
 def check_speedups(exp: Experiment, settings: Settings, workers: int, population: int) -> None:
     """Bad --workers / --population settings as one ConfigError, before anything runs."""
-    if workers > 1 and population > 1:
-        raise ConfigError("--workers and --population: use one or the other")
     if workers > 1:
         from studylib.workers import check_workers
 
@@ -748,6 +746,7 @@ def _sweep(
                 progress,
                 workers,
                 tally,
+                population,
             )
         elif population > 1:  # P trials as one batched model: population.py
             from studylib.population import run_population

@@ -78,9 +78,11 @@ def run_workers(
     progress,  # sweep.Progress of the main process
     workers: int,
     tally,  # sweep.Tally: trials run by all the workers together
+    population: int = 1,
 ) -> None:
-    """Run trials in `workers` processes (this one included) until `study` holds `total`."""
-    from studylib.sweep import claim_loop, counted_trials
+    """Run trials in `workers` processes (this one included) until `study` holds `total`;
+    with `population` > 1 each process trains that many trials at once (population.py)."""
+    from studylib.sweep import counted_trials
 
     remaining = total - counted_trials(study)
     if remaining <= 0:
@@ -92,7 +94,17 @@ def run_workers(
     processes = [
         context.Process(
             target=work,
-            args=(exp, settings, study.study_name, total, parent_id, ran, stop, threads),
+            args=(
+                exp,
+                settings,
+                study.study_name,
+                total,
+                parent_id,
+                ran,
+                stop,
+                threads,
+                population,
+            ),
             name=f"studylib-worker-{index}",
         )
         for index in range(1, min(workers, remaining))
@@ -104,8 +116,8 @@ def run_workers(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        # Returns once the study is complete: it waits for the trials the others still run.
-        claim_loop(
+        # Returns once the study is complete or fully claimed (a population does not wait).
+        trial_loop(
             exp,
             settings,
             study,
@@ -116,6 +128,7 @@ def run_workers(
             parent_id,
             progress,
             tally,
+            population,
             should_stop=stop.is_set,
         )
         starter.join()
@@ -139,6 +152,55 @@ def run_workers(
         raise RuntimeError(
             f"{len(failed)} of {len(processes) + 1} workers failed (exit codes "
             f"{[p.exitcode for p in failed]}); their tracebacks are printed above"
+        )
+
+
+def trial_loop(
+    exp: Experiment,
+    settings: Settings,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker,  # tracking.Tracker
+    splits: Splits,
+    total: int,
+    parent_id: str,
+    progress,  # sweep.Progress
+    tally,  # sweep.Tally
+    population: int,
+    should_stop,
+) -> None:
+    """One process's share of the study: trials one at a time, or `population` at a time."""
+    if population > 1:
+        from studylib.population import run_population
+
+        run_population(
+            exp,
+            settings,
+            study,
+            total,
+            parent_id,
+            progress,
+            population,
+            splits,
+            tracker,
+            tally,
+            should_stop=should_stop,
+        )
+    else:
+        from studylib.sweep import claim_loop
+
+        claim_loop(
+            exp,
+            settings,
+            study,
+            storage,
+            tracker,
+            splits,
+            total,
+            parent_id,
+            progress,
+            tally,
+            should_stop=should_stop,
         )
 
 
@@ -166,20 +228,14 @@ def work(
     ran: Synchronized,
     stop: Event,
     threads: int,
+    population: int = 1,
 ) -> None:
-    """One worker process: the sweep's claim loop under the main process's parent run."""
+    """One worker process: the sweep's trial loop under the main process's parent run."""
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
         torch.set_num_interop_threads(1)
     from studylib.data import load_splits
-    from studylib.sweep import (
-        Progress,
-        Tally,
-        claim_loop,
-        make_storage,
-        open_tracker,
-        stop_on_signals,
-    )
+    from studylib.sweep import Progress, Tally, make_storage, open_tracker, stop_on_signals
     from studylib.train import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -192,7 +248,7 @@ def work(
             splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
             tracker = open_tracker(exp, settings)
             progress = Progress(total, 0, enabled=False)
-            claim_loop(
+            trial_loop(
                 exp,
                 settings,
                 study,
@@ -203,6 +259,7 @@ def work(
                 parent_id,
                 progress,
                 tally,
+                population,
                 should_stop=stop.is_set,
             )
         except BaseException:

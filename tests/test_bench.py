@@ -50,6 +50,8 @@ def test_every_section_runs(tmp_path, data_cache):
     assert sweep["overhead_ms"] > 0 and sweep["population"]["size"] == 2
     # The fixed part comes from its own one-epoch sweep; the target is judged on it.
     assert sweep["fixed_overhead_ms"] > 0
+    # Populations in one process and in 2 workers, with a population for each worker.
+    assert sweep["population"]["trials"] == {"1": [2], "2": [4]}
     assert results["targets"]["overhead_ms"]["value"] == sweep["fixed_overhead_ms"]
     assert "MLflowCallback" in sweep["tutorial_how"] or "hand-written" in sweep["tutorial_how"]
     assert results["report"]["runs"] == 5

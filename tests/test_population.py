@@ -145,8 +145,8 @@ def test_population_refuses_a_searched_learning_rate(tiny, settings, capsys, tmp
     searched["sweep"]["search"]["lr"] = {"low": 1e-4, "high": 1e-2, "log": True}
     with pytest.raises(ConfigError, match="sweep.search.lr is searched"):
         run_sweep(Experiment.model_validate(searched), settings, population=2)
-    with pytest.raises(ConfigError, match="one or the other"):
-        run_sweep(tiny, settings, population=2, workers=2)
+    with pytest.raises(ConfigError, match="sweep.search.lr is searched"):  # with workers too
+        run_sweep(Experiment.model_validate(searched), settings, population=2, workers=2)
 
 
 @pytest.mark.parametrize(

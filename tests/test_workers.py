@@ -67,3 +67,24 @@ def test_two_workers_finish_a_resumed_study_at_exactly_the_total(tiny, settings,
         trial = by_number[int(run.data.tags["optuna.trial_number"])]
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert trial.value == pytest.approx(run.data.metrics["selected_val_loss"])
+
+
+def test_workers_each_training_populations_end_at_exactly_the_total(tiny, settings, monkeypatch):
+    monkeypatch.setattr(workers, "machine_cores", lambda: 2)
+    # 7 trials, populations of 3, 2 processes: the last population is cut to what is left.
+    summary = run_sweep(tiny, settings, trials=7, workers=2, population=3)
+    assert summary.trials_done == 7 and summary.trials_run == 7
+
+    study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+    assert counted_trials(study) == 7 and sorted(t.number for t in study.trials) == list(range(7))
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name("tiny")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{summary.parent_run_id}'"
+    )
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(7))
+    by_number = {t.number: t for t in study.trials}
+    for run in children:  # each member is its own trial run, linked both ways
+        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert trial.value == pytest.approx(run.data.metrics["selected_val_loss"])
