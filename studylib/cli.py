@@ -163,7 +163,7 @@ def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> No
             "--population",
             type=_positive_int,
             default=1,
-            help="train this many trials at once as one batched model (default 1)",
+            help="train this many trials at once as one batched model, in each worker (default 1)",
         )
     speed.add_argument(
         "--precision",

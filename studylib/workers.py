@@ -4,7 +4,8 @@ The main process (`sweep.run_sweep`) opens the study, enqueues the baseline and 
 sweep's parent MLflow run; here it starts N - 1 worker processes and is the N-th worker itself
 (it has everything loaded already, so it trains while the others start). Every worker opens
 the same Optuna storage and MLflow store and runs the sweep's own claim loop
-(`sweep.claim_loop`): trials are claimed under the study's lock (count, then ask), so N workers
+(`sweep.claim_loop`), or with `--population P` the population loop (`population.run_population`,
+P trials at a time): trials are claimed under the study's lock (count, then ask), so N workers
 end the study at exactly the requested total however they interleave, and trials of a worker
 that died are failed and queued again. Every trial is a child run of the one parent run.
 
