@@ -31,7 +31,9 @@ class Classification:
         logits = model(x).float()  # (B, C)
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
         correct = (logits.argmax(dim=1) == y).sum()
-        return torch.stack([loss_sum, loss_sum.new_tensor(len(y)), correct.float()])
+        # new_full, not new_tensor: a tensor made from a host number is a copy to the device,
+        # and on CUDA a blocking copy waits for the GPU (a host sync per evaluation).
+        return torch.stack([loss_sum, loss_sum.new_full((), len(y)), correct.float()])
 
 
 class SequenceToSequence:
