@@ -13,7 +13,9 @@ What each member keeps of its own, exactly as a sequential trial would have it:
   params and artifacts as a sequential trial, via sweep.py's own helpers);
 - its Optuna trial (ask-and-tell), which may prune it.
 Members that stop are taken out of the stacked tensors (and of the optimizer's state), so the
-population shrinks and the survivors train on at the same per-member arithmetic.
+population shrinks and the survivors train on at the same per-member arithmetic. With
+`--workers N` every worker process trains populations of its own (workers.py): on a GPU, N
+populations share the card, and each member's MLflow and Optuna writes run in N processes.
 
 What members share (checked, else a one-line ConfigError): the architecture, the data and
 seed (so the same initial weights and the same batch order, as sequential trials of one study
