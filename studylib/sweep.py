@@ -658,6 +658,53 @@ def claim_loop(
             break
 
 
+def trial_loop(
+    exp: Experiment,
+    settings: Settings,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    splits: Splits,
+    total: int,
+    parent_id: str,
+    progress: Progress,
+    tally: Tally,
+    population: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """One process's share of the study: trials one at a time, or `population` at a time."""
+    if population > 1:
+        from studylib.population import run_population
+
+        run_population(
+            exp,
+            settings,
+            study,
+            total,
+            parent_id,
+            progress,
+            population,
+            splits,
+            tracker,
+            tally,
+            should_stop=should_stop,
+        )
+    else:
+        claim_loop(
+            exp,
+            settings,
+            study,
+            storage,
+            tracker,
+            splits,
+            total,
+            parent_id,
+            progress,
+            tally,
+            should_stop=should_stop,
+        )
+
+
 def run_sweep(
     exp: Experiment,
     settings: Settings,
@@ -748,23 +795,8 @@ def _sweep(
                 tally,
                 population,
             )
-        elif population > 1:  # P trials as one batched model: population.py
-            from studylib.population import run_population
-
-            run_population(
-                exp,
-                settings,
-                study,
-                total,
-                parent.run_id,
-                progress,
-                population,
-                splits,
-                tracker,
-                tally,
-            )
-        else:
-            claim_loop(
+        else:  # one process: trials one at a time, or P at a time as one batched model
+            trial_loop(
                 exp,
                 settings,
                 study,
@@ -775,6 +807,7 @@ def _sweep(
                 parent.run_id,
                 progress,
                 tally,
+                population,
             )
     except KeyboardInterrupt:
         status = "KILLED"

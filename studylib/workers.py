@@ -83,7 +83,7 @@ def run_workers(
 ) -> None:
     """Run trials in `workers` processes (this one included) until `study` holds `total`;
     with `population` > 1 each process trains that many trials at once (population.py)."""
-    from studylib.sweep import counted_trials
+    from studylib.sweep import counted_trials, trial_loop
 
     remaining = total - counted_trials(study)
     if remaining <= 0:
@@ -156,55 +156,6 @@ def run_workers(
         )
 
 
-def trial_loop(
-    exp: Experiment,
-    settings: Settings,
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    tracker,  # tracking.Tracker
-    splits: Splits,
-    total: int,
-    parent_id: str,
-    progress,  # sweep.Progress
-    tally,  # sweep.Tally
-    population: int,
-    should_stop,
-) -> None:
-    """One process's share of the study: trials one at a time, or `population` at a time."""
-    if population > 1:
-        from studylib.population import run_population
-
-        run_population(
-            exp,
-            settings,
-            study,
-            total,
-            parent_id,
-            progress,
-            population,
-            splits,
-            tracker,
-            tally,
-            should_stop=should_stop,
-        )
-    else:
-        from studylib.sweep import claim_loop
-
-        claim_loop(
-            exp,
-            settings,
-            study,
-            storage,
-            tracker,
-            splits,
-            total,
-            parent_id,
-            progress,
-            tally,
-            should_stop=should_stop,
-        )
-
-
 def worker_context() -> multiprocessing.context.BaseContext:
     """Fresh processes: no threads, locks or database handles inherited from this one.
 
@@ -236,7 +187,14 @@ def work(
     with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
         torch.set_num_interop_threads(1)
     from studylib.data import load_splits
-    from studylib.sweep import Progress, Tally, make_storage, open_tracker, stop_on_signals
+    from studylib.sweep import (
+        Progress,
+        Tally,
+        make_storage,
+        open_tracker,
+        stop_on_signals,
+        trial_loop,
+    )
     from studylib.train import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
