@@ -132,6 +132,10 @@ def run_workers(
             population,
             should_stop=stop.is_set,
         )
+        # Nothing is left to claim: a worker still starting up exits before it opens the
+        # storage, loads the data or makes a CUDA context (seconds, on a GPU machine), and the
+        # others take no new trial once their current one is closed.
+        stop.set()
         starter.join()
         while any(process.is_alive() for process in processes):
             progress.sync(min(counted_trials(study), total))
@@ -183,6 +187,8 @@ def work(
     population: int = 1,
 ) -> None:
     """One worker process: the sweep's trial loop under the main process's parent run."""
+    if stop.is_set():  # started after the study was fully claimed (or a worker failed)
+        return
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
         torch.set_num_interop_threads(1)

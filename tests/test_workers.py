@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import optuna
 import pytest
+import torch
+from conftest import local_settings
 from mlflow import MlflowClient
 
 from studylib import workers
@@ -88,3 +92,14 @@ def test_workers_each_training_populations_end_at_exactly_the_total(tiny, settin
         trial = by_number[int(run.data.tags["optuna.trial_number"])]
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert trial.value == pytest.approx(run.data.metrics["selected_val_loss"])
+
+
+def test_a_worker_that_starts_after_the_study_is_claimed_opens_nothing(tiny, tmp_path, data_cache):
+    context = multiprocessing.get_context("spawn")
+    stop, ran = context.Event(), context.Value("i", 0)
+    stop.set()  # what the main process does once nothing is left to claim
+    threads = torch.get_num_threads()
+    workers.work(tiny, local_settings(tmp_path, data_cache), "tiny", 3, "parent", ran, stop, 1)
+    # No storage, tracking database or artifact folder opened, no trial run, no threads changed.
+    assert list(tmp_path.iterdir()) == [] and ran.value == 0
+    assert torch.get_num_threads() == threads
