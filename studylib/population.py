@@ -39,6 +39,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -47,7 +48,7 @@ from optuna.trial import TrialState
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from studylib.config import ConfigError, Experiment, Settings, TrainConfig
+from studylib.config import ConfigError, Experiment, TrainConfig
 from studylib.data import Splits
 from studylib.models import build_model
 from studylib.train import (
@@ -60,6 +61,9 @@ from studylib.train import (
     final_metrics,
     make_optimizer,
 )
+
+if TYPE_CHECKING:  # sweep.py imports this module lazily: only the annotation needs Share
+    from studylib.sweep import Share
 
 # Per member: what a sweep may vary (dropout lives in the model config). Every other training
 # setting shapes the batches or the optimizer, so members share it.
@@ -483,16 +487,8 @@ def _check_supported(model: nn.Module) -> None:
 
 
 def run_population(
-    exp: Experiment,
-    settings: Settings,
-    study: optuna.Study,
-    total: int,
-    parent_id: str,
-    progress,  # sweep.Progress
+    share: Share,
     population: int,
-    splits: Splits,
-    tracker,  # tracking.Tracker
-    tally,  # sweep.Tally
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run the study to `total` counted trials, `population` trials at a time.
@@ -502,6 +498,14 @@ def run_population(
     several worker processes each train populations (`--workers N --population P`).
     `should_stop`: checked before each population is asked for (a worker beside this one failed).
     """
+    exp, settings, study, splits, tracker = (
+        share.exp,
+        share.settings,
+        share.study,
+        share.splits,
+        share.tracker,
+    )
+    total, parent_id, progress, tally = share.total, share.parent_id, share.progress, share.tally
     from studylib.locks import exclusive
     from studylib.recovery import OWNER_ATTR, Worker
     from studylib.sweep import (

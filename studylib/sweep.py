@@ -596,20 +596,32 @@ class Tally:
     ran: int = 0  # trials this process (or its workers) ran to an end
 
 
-def claim_loop(
-    exp: Experiment,
-    settings: Settings,
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    tracker: Tracker,
-    splits: Splits,
-    total: int,
-    parent_id: str,
-    progress: Progress,
-    tally: Tally,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> None:
+@dataclass
+class Share:
+    """What one process needs to run its share of a sweep: the main process, or a worker."""
+
+    exp: Experiment
+    settings: Settings
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    tracker: Tracker
+    splits: Splits
+    total: int  # counted trials the study must hold at the end
+    parent_id: str  # the sweep's MLflow parent run
+    progress: Progress
+    tally: Tally
+
+
+def claim_loop(share: Share, should_stop: Callable[[], bool] = lambda: False) -> None:
     """Claim a trial, run it, tell Optuna; until the study holds `total` counted trials."""
+    exp, settings, study, storage = share.exp, share.settings, share.study, share.storage
+    tracker, splits, total, progress, tally = (
+        share.tracker,
+        share.splits,
+        share.total,
+        share.progress,
+        share.tally,
+    )
 
     def evaluate(trial: optuna.Trial) -> None:
         progress.start_trial(trial.number)
@@ -622,7 +634,7 @@ def claim_loop(
                     tracker,
                     run_name=name,
                     tags=tags,
-                    parent_id=parent_id,
+                    parent_id=share.parent_id,
                     trial=trial,
                     progress=progress,
                     speed=settings.speed,
@@ -659,50 +671,15 @@ def claim_loop(
 
 
 def trial_loop(
-    exp: Experiment,
-    settings: Settings,
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    tracker: Tracker,
-    splits: Splits,
-    total: int,
-    parent_id: str,
-    progress: Progress,
-    tally: Tally,
-    population: int,
-    should_stop: Callable[[], bool] = lambda: False,
+    share: Share, population: int, should_stop: Callable[[], bool] = lambda: False
 ) -> None:
     """One process's share of the study: trials one at a time, or `population` at a time."""
     if population > 1:
         from studylib.population import run_population
 
-        run_population(
-            exp,
-            settings,
-            study,
-            total,
-            parent_id,
-            progress,
-            population,
-            splits,
-            tracker,
-            tally,
-            should_stop=should_stop,
-        )
+        run_population(share, population, should_stop)
     else:
-        claim_loop(
-            exp,
-            settings,
-            study,
-            storage,
-            tracker,
-            splits,
-            total,
-            parent_id,
-            progress,
-            tally,
-            should_stop=should_stop,
-        )
+        claim_loop(share, should_stop)
 
 
 def run_sweep(
@@ -778,37 +755,15 @@ def _sweep(
     tally = Tally()
     status = "FINISHED"
     try:
+        share = Share(
+            exp, settings, study, storage, tracker, splits, total, parent.run_id, progress, tally
+        )
         if workers > 1:  # N processes on this machine, this one among them: workers.py
             from studylib.workers import run_workers
 
-            run_workers(
-                exp,
-                settings,
-                study,
-                storage,
-                tracker,
-                splits,
-                total,
-                parent.run_id,
-                progress,
-                workers,
-                tally,
-                population,
-            )
+            run_workers(share, workers, population)
         else:  # one process: trials one at a time, or P at a time as one batched model
-            trial_loop(
-                exp,
-                settings,
-                study,
-                storage,
-                tracker,
-                splits,
-                total,
-                parent.run_id,
-                progress,
-                tally,
-                population,
-            )
+            trial_loop(share, population)
     except KeyboardInterrupt:
         status = "KILLED"
         raise

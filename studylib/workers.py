@@ -28,12 +28,15 @@ import threading
 import time
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
 
 from studylib.config import ConfigError, Experiment, Settings
-from studylib.data import Splits
+
+if TYPE_CHECKING:  # sweep.py imports this module lazily: only the annotation needs Share
+    from studylib.sweep import Share
 
 POLL_SECONDS = 0.5  # how often the main process refreshes the progress bar
 STOP_GRACE_SECONDS = 60.0  # how long a stopping worker may take to close its trial
@@ -67,24 +70,18 @@ def check_workers(workers: int, storage: str) -> None:
         )
 
 
-def run_workers(
-    exp: Experiment,
-    settings: Settings,
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    tracker,  # tracking.Tracker of the main process
-    splits: Splits,
-    total: int,
-    parent_id: str,
-    progress,  # sweep.Progress of the main process
-    workers: int,
-    tally,  # sweep.Tally: trials run by all the workers together
-    population: int = 1,
-) -> None:
+def run_workers(share: Share, workers: int, population: int = 1) -> None:
     """Run trials in `workers` processes (this one included) until `study` holds `total`;
     with `population` > 1 each process trains that many trials at once (population.py)."""
     from studylib.sweep import counted_trials, trial_loop
 
+    exp, settings, study, total, progress = (
+        share.exp,
+        share.settings,
+        share.study,
+        share.total,
+        share.progress,
+    )
     remaining = total - counted_trials(study)
     if remaining <= 0:
         return
@@ -100,7 +97,7 @@ def run_workers(
                 settings,
                 study.study_name,
                 total,
-                parent_id,
+                share.parent_id,
                 ran,
                 stop,
                 threads,
@@ -118,20 +115,7 @@ def run_workers(
     torch.set_num_threads(threads)
     try:
         # Returns once the study is complete or fully claimed (a population does not wait).
-        trial_loop(
-            exp,
-            settings,
-            study,
-            storage,
-            tracker,
-            splits,
-            total,
-            parent_id,
-            progress,
-            tally,
-            population,
-            should_stop=stop.is_set,
-        )
+        trial_loop(share, population, should_stop=stop.is_set)
         # Nothing is left to claim: a worker still starting up exits before it opens the
         # storage, loads the data or makes a CUDA context (seconds, on a GPU machine), and the
         # others take no new trial once their current one is closed.
@@ -150,7 +134,7 @@ def run_workers(
         raise
     finally:
         torch.set_num_threads(before)
-        tally.ran += ran.value
+        share.tally.ran += ran.value
         progress.sync(min(counted_trials(study), total))
     failed = [p for p in processes if p.exitcode != 0]
     if failed:
@@ -195,6 +179,7 @@ def work(
     from studylib.data import load_splits
     from studylib.sweep import (
         Progress,
+        Share,
         Tally,
         make_storage,
         open_tracker,
@@ -213,20 +198,10 @@ def work(
             splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
             tracker = open_tracker(exp, settings)
             progress = Progress(total, 0, enabled=False)
-            trial_loop(
-                exp,
-                settings,
-                study,
-                storage,
-                tracker,
-                splits,
-                total,
-                parent_id,
-                progress,
-                tally,
-                population,
-                should_stop=stop.is_set,
+            share = Share(
+                exp, settings, study, storage, tracker, splits, total, parent_id, progress, tally
             )
+            trial_loop(share, population, should_stop=stop.is_set)
         except BaseException:
             stop.set()  # the others finish their current trial and take no new one
             raise
