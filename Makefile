@@ -46,10 +46,10 @@ test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 faults: setup ## kill, interrupt, diverge, crowd and cut off sweeps; print what was lost (must be 0)
-	$(BIN)/python -m studylib.faults $(ARGS)
+	$(BIN)/python -m bench.faults $(ARGS)
 
 bench: setup ## speed against the floor and the tutorial sweep (BENCH_ARGS=--quick: a few minutes)
-	$(BIN)/python -m studylib.bench $(BENCH_ARGS)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m bench.bench $(BENCH_ARGS)
 
 gpu-check: setup ## on a CUDA machine: gpu tests + benchmark, results under $OUT (or bench/out)
 	PYTHON=$(BIN)/python ./bench/gpu-check.sh

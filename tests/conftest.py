@@ -92,9 +92,9 @@ def tiny_ablation() -> Experiment:
 @pytest.fixture(scope="session")
 def study_report(tmp_path_factory, data_cache, mlflow_template) -> Path:
     """A tiny sweep and ablation, reported once for every test that reads a report."""
-    from studylib.ablation import run_ablation
     from studylib.report import write_report
     from studylib.sweep import run_sweep
+    from studylib.sweep.ablation import run_ablation
 
     root = tmp_path_factory.mktemp("study")
     shutil.copyfile(mlflow_template, root / "mlflow.db")

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from studylib.cli import main
-from studylib.config import ConfigError, load_experiment
+from studylib.config import load_experiment
+from studylib.errors import ConfigError
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

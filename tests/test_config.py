@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from studylib.cli import main
-from studylib.config import ConfigError, Experiment, load_experiment, parse_assignment
+from studylib.config import Experiment, load_experiment, parse_assignment
+from studylib.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = """

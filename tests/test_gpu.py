@@ -8,9 +8,9 @@ import torch
 from studylib.config import DEFAULT_SPEED, Experiment, Speed
 from studylib.data import load_splits
 from studylib.models import build_model
-from studylib.population import fit_population
 from studylib.sweep import run_sweep
 from studylib.train import fit, resolve_device
+from studylib.train.population import fit_population
 
 pytestmark = [
     pytest.mark.gpu,
@@ -107,7 +107,7 @@ def test_population_with_dropout_members_trains_on_the_gpu(exp, data_cache):
 def test_two_workers_share_one_gpu(tiny, settings, monkeypatch):
     from dataclasses import replace
 
-    from studylib import workers
+    from studylib.sweep import workers
 
     cores = workers.machine_cores()
     monkeypatch.setattr(workers, "machine_cores", lambda: max(2, cores))

@@ -6,7 +6,7 @@ signal of shape (40,) is 40 steps of one scalar; an 8 x 8 digit image is 8 rows 
 A padding mask marks padded steps with True (PyTorch's key_padding_mask convention); padding
 must sit at the end of a sequence. MNIST-1D has none.
 
-Text (studylib/text.py) arrives as (B, T) token ids, right-padded with PAD_ID; the data config
+Text (studylib/data/text.py) arrives as (B, T) token ids, right-padded with PAD_ID; the data config
 gives such input the shape None at load time, since the tokenizer decides T. Families that
 read tokens embed them (`vocab_size` given to the model) and, when no mask is passed, take
 `x == PAD_ID` as the padding mask.
@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-# Special token ids of every tokenizer (studylib/text.py): <pad>, <unk>, <bos>, <eos>.
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from studylib.tokens import PAD_ID
 
 
 class FrozenConfig(BaseModel):

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from studylib.models.common import BOS_ID, PAD_ID, FrozenConfig
+from studylib.models.common import FrozenConfig
 from studylib.models.mlp import ACTIVATIONS
 from studylib.models.transformer import (
     EncoderLayer,
@@ -32,6 +32,7 @@ from studylib.models.transformer import (
     attention_allowed,
     sinusoids,
 )
+from studylib.tokens import BOS_ID, PAD_ID
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, h, S, d_k) each
 

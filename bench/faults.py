@@ -1,0 +1,957 @@
+"""`make faults`: the failure scenarios of issue 6, run end to end, and a table of what happened.
+
+Each scenario starts real `python -m studylib sweep` processes in a fresh folder, injects one
+fault (kill -9, SIGINT, SIGTERM, a diverging learning rate, workers started together, a tracking
+server that stops, a changed configuration, a password in a URL, malformed files), then reads
+Optuna and MLflow back and checks what a user was promised. "trials lost" counts trials that
+had completed (in Optuna, with their MLflow run and curve) before the fault and are missing or
+altered after recovery, plus requested trials the study never reached: it must be 0.
+
+The helpers (workers, an MLflow server on a free loopback port, throwaway PostgreSQL databases)
+are shared with tests/test_faults.py and tests/test_postgres.py, which run the same scenarios.
+
+    python -m bench.faults [--only NAME ...] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from studylib.names import FAILURE_ATTR, OWNER_ATTR, RUN_ID_ATTR
+from studylib.sweep.study import count_done
+
+PYTHON = sys.executable
+STUDY = "faults"
+# The PostgreSQL server that hands out throwaway databases (trust auth on the CI machine).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "STUDYLIB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SECRET = "s3cret-Pa55word"
+# Long enough (a second or two) to catch a worker mid-trial, short enough to keep tests quick.
+MID_TRIAL_EPOCHS = 60
+
+EXPERIMENT = """
+name = "{name}"
+seed = 0
+[data]
+num_train = 600
+num_test = 200
+val_fraction = 0.25
+train_examples = 300
+[model]
+arch = "mlp"
+hidden = [32]
+[train]
+optimizer = "{optimizer}"
+lr = {lr}
+batch_size = 50
+max_epochs = {epochs}
+early_stopping = false
+[sweep]
+trials = {trials}
+[sweep.pruner]
+enabled = false
+[sweep.search.dropout]
+low = 0.0
+high = 0.5
+{extra}
+"""
+
+
+def write_experiment(
+    folder: Path,
+    *,
+    name: str = STUDY,
+    epochs: int = 3,
+    trials: int = 4,
+    lr: float = 3e-3,
+    optimizer: str = "adam",
+    extra: str = "",
+) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(
+        EXPERIMENT.format(
+            name=name, epochs=epochs, trials=trials, lr=lr, optimizer=optimizer, extra=extra
+        )
+    )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Tiny models on a shared 2-core machine: one thread each keeps N workers from thrashing.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def sweep_argv(experiment: Path, *args: str) -> list[str]:
+    return ["sweep", str(experiment), "--no-progress", "--device", "cpu", *args]
+
+
+@dataclasses.dataclass
+class Proc:
+    """A process started by a scenario, its output kept in files (pipes could fill and block)."""
+
+    popen: subprocess.Popen
+    out: Path
+    err: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.popen.wait(timeout)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            self.popen.wait(60)
+
+
+_counter = 0
+
+
+def start(folder: Path, argv: list[str], *, python_args: tuple[str, ...] = ("-m", "studylib")):
+    global _counter
+    _counter += 1
+    out, err = folder / f"proc-{_counter}.out", folder / f"proc-{_counter}.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        popen = subprocess.Popen(
+            [PYTHON, *python_args, *argv], cwd=folder, stdout=o, stderr=e, env=worker_env()
+        )
+    return Proc(popen, out, err)
+
+
+def run(folder: Path, argv: list[str], timeout: float = 300) -> Proc:
+    proc = start(folder, argv)
+    proc.wait(timeout)
+    return proc
+
+
+# Imports everything, says it is ready, waits for the go file, then runs the CLI: N of these
+# start their sweeps within a millisecond of each other, not seconds apart as imports finish.
+_TOGETHER = """
+import os, sys, time, pathlib
+import studylib.cli, studylib.sweep
+gate = pathlib.Path(sys.argv[1])
+(gate / f"ready-{os.getpid()}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.0005)
+sys.exit(studylib.cli.main(sys.argv[2:]))
+"""
+
+
+def start_together(folder: Path, n: int, argv: list[str], timeout: float = 180) -> list[Proc]:
+    gate = folder / "gate"
+    gate.mkdir()
+    procs = [start(folder, [str(gate), *argv], python_args=("-c", _TOGETHER)) for _ in range(n)]
+    wait_until(lambda: len(list(gate.glob("ready-*"))) == n, timeout, "workers ready")
+    (gate / "go").touch()
+    return procs
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+        time.sleep(every)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading Optuna and MLflow back
+
+
+@functools.cache
+def _storage(storage: str) -> optuna.storages.BaseStorage:
+    # One storage object per location: a journal is then read incrementally, so polling it
+    # every 0.1 s costs milliseconds, not a replay of the whole file.
+    from studylib.sweep.storage import make_storage
+
+    return make_storage(storage)
+
+
+def load_study(storage: str, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=_storage(storage))
+
+
+def trials_of(storage: str, name: str = STUDY) -> list[FrozenTrial]:
+    try:
+        return load_study(storage, name).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def running_mid_trial(storage: str, name: str = STUDY, epochs: int = 1, completed: int = 1):
+    """A RUNNING trial that has its MLflow run and `epochs` reported epochs, once `completed`
+    trials have finished; None until then."""
+    trials = trials_of(storage, name)
+    if sum(t.state == TrialState.COMPLETE for t in trials) < completed:
+        return None
+    for t in trials:
+        if (
+            t.state == TrialState.RUNNING
+            and t.user_attrs.get(RUN_ID_ATTR)
+            and len(t.intermediate_values) >= epochs
+        ):
+            return t
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A completed trial as both systems hold it."""
+
+    value: float | None
+    params: tuple
+    run_id: str
+    run_status: str
+    points: int  # per-epoch val/loss points in MLflow
+
+
+def snapshot(storage: str, tracking_uri: str, name: str = STUDY) -> dict[int, Record]:
+    client = MlflowClient(tracking_uri)
+    out = {}
+    for t in trials_of(storage, name):
+        if t.state != TrialState.COMPLETE:
+            continue
+        run_id = t.user_attrs.get(RUN_ID_ATTR, "")
+        try:
+            run = client.get_run(run_id)
+            status = run.info.status
+            points = len(client.get_metric_history(run_id, "val/loss"))
+        except Exception:
+            status, points = "missing", 0
+        out[t.number] = Record(t.value, tuple(sorted(t.params.items())), run_id, status, points)
+    return out
+
+
+def lost(before: dict[int, Record], after: dict[int, Record]) -> list[int]:
+    return [n for n, rec in before.items() if after.get(n) != rec]
+
+
+def trial_runs(tracking_uri: str, name: str = STUDY) -> list[Any]:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'trial'")
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    return count_done(trials)
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers: MLflow on a free loopback port, throwaway PostgreSQL databases
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TrackingServer:
+    """A real `mlflow server` bound to 127.0.0.1, stoppable and restartable on the same port."""
+
+    def __init__(self, folder: Path, backend_uri: str):
+        self.folder = folder
+        self.backend_uri = backend_uri
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: Proc | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        env = worker_env()
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: starts in seconds
+        argv = [
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.folder / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        global _counter
+        _counter += 1
+        out, err = self.folder / f"server-{_counter}.out", self.folder / f"server-{_counter}.err"
+        with open(out, "w") as o, open(err, "w") as e:
+            popen = subprocess.Popen(
+                [PYTHON, "-m", "mlflow", *argv],
+                cwd=self.folder,
+                stdout=o,
+                stderr=e,
+                env=env,
+                start_new_session=True,  # its uvicorn child goes down with it
+            )
+        self.proc = Proc(popen, out, err)
+        wait_until(self._healthy, timeout, f"mlflow server on port {self.port}", every=0.25)
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.popen.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {self.proc.stderr()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.popen.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the group of the server we started
+            try:
+                self.proc.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.popen.wait(30)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def tracking_server(folder: Path, backend_uri: str) -> Iterator[TrackingServer]:
+    server = TrackingServer(folder, backend_uri)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def postgres_unreachable() -> str | None:
+    """Why no throwaway PostgreSQL database can be made here, or None if one can."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc})"
+    try:
+        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {first}"
+    return None
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@contextlib.contextmanager
+def postgres_database(tag: str, password: str | None = None) -> Iterator[str]:
+    """A fresh database, dropped afterwards; yields its URL (with `password` in it, if given:
+    trust authentication ignores it, and it shows whether studylib leaks it)."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"studylib_{tag}_{uuid.uuid4().hex[:8]}"
+    admin = _libpq(POSTGRES_ADMIN_URL)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    if password:
+        scheme, rest = base.split("://", 1)
+        user_host = rest.split("@", 1)
+        base = f"{scheme}://{user_host[0]}:{password}@{user_host[1]}"
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclasses.dataclass
+class Outcome:
+    scenario: str
+    expected: str
+    observed: str = ""
+    lost: int | None = 0  # None: skipped
+    failures: list[str] = dataclasses.field(default_factory=list)
+    numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def check(self, condition: Any, what: str) -> bool:
+        if not condition:
+            self.failures.append(what)
+        return bool(condition)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and (self.lost or 0) == 0
+
+
+def _no_traceback(outcome: Outcome, proc: Proc, label: str) -> None:
+    outcome.check("Traceback" not in proc.stderr(), f"{label}: traceback on stderr")
+
+
+def _retry_of(trials: list[FrozenTrial], number: int) -> FrozenTrial | None:
+    for t in trials:
+        if t.system_attrs.get("failed_trial") == number:
+            return t
+    return None
+
+
+def _check_recovered(
+    outcome: Outcome,
+    storage: str,
+    tracking_uri: str,
+    victim: int,
+    failure: str | None,
+    run_status: str,
+    total: int,
+    before: dict[int, Record],
+) -> str:
+    """The common promise after a fault and one resume; returns a summary for the table."""
+    trials = trials_of(storage)
+    by_number = {t.number: t for t in trials}
+    killed = by_number[victim]
+    outcome.check(killed.state == TrialState.FAIL, f"trial {victim} is {killed.state.name}")
+    if failure is not None:  # None: failed by Optuna's heartbeat, which names no cause
+        outcome.check(
+            killed.user_attrs.get(FAILURE_ATTR) == failure,
+            f"trial {victim} failure {killed.user_attrs.get(FAILURE_ATTR)!r} != {failure!r}",
+        )
+    run_id = killed.user_attrs.get(RUN_ID_ATTR)
+    status = "never created"
+    if run_id is not None or failure != "tracking":  # an outage may strike before the run
+        run = MlflowClient(tracking_uri).get_run(run_id)
+        status = run.info.status
+        outcome.check(status == run_status, f"its run is {status}")
+        outcome.check(run.data.tags.get("studylib.reason"), "its run has no reason tag")
+    retry = _retry_of(trials, victim)
+    outcome.check(retry is not None, f"trial {victim} was not retried")
+    if retry is not None:
+        outcome.check(retry.params == killed.params, "the retry has other parameters")
+        outcome.check(retry.state == TrialState.COMPLETE, f"the retry is {retry.state.name}")
+    outcome.check(not [t for t in trials if t.state == TrialState.RUNNING], "trials left RUNNING")
+    done = counted(trials)
+    outcome.check(done == total, f"{done} of {total} trials")
+    after = snapshot(storage, tracking_uri)
+    gone = lost(before, after)
+    outcome.lost = len(gone) + max(0, total - done)
+    outcome.numbers.update(victim=victim, retry=retry.number if retry else None, done=done)
+    return (
+        f"trial {victim} FAIL ({failure or 'heartbeat'}), run {status}; retried as trial "
+        f"{retry.number if retry else '-'} (same params); {done}/{total} trials"
+    )
+
+
+FAULTS = {
+    # how: (exit code of the faulted worker, Optuna failure kind, what the resume must say)
+    "SIGKILL": (-signal.SIGKILL, "killed", "its worker (pid {pid}"),
+    "SIGINT": (130, "interrupted", "trial {number} (interrupted) queued again"),
+    "SIGTERM": (143, "interrupted", "trial {number} (interrupted) queued again"),
+}
+
+
+def interruptions(folder: Path, kinds: tuple[str, ...] = ("SIGKILL", "SIGINT", "SIGTERM")):
+    """Each fault in turn hits a worker mid-trial (after at least one more trial completed);
+    the next worker resumes; a last one completes the study. One outcome per fault."""
+    total = 2 * len(kinds) + 1
+    exp = write_experiment(folder, epochs=MID_TRIAL_EPOCHS, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    pending: list[tuple[Outcome, int, dict[int, Record]]] = []
+    proc = start(folder, sweep_argv(exp))
+    for kind in kinds:
+        code, failure, said = FAULTS[kind]
+        outcome = Outcome(
+            f"{'kill -9' if kind == 'SIGKILL' else kind} of a worker mid-trial, then resume",
+            ("killed trial" if kind == "SIGKILL" else f"exit {code}, no traceback; trial")
+            + f" FAIL + run KILLED; retried with same params; {total}/{total} trials",
+        )
+        completed = sum(t.state == TrialState.COMPLETE for t in trials_of(storage))
+        victim = wait_until(
+            lambda n=completed: running_mid_trial(storage, completed=n + 1), 240, "mid-trial"
+        )
+        proc.popen.send_signal(getattr(signal, kind))
+        rc = proc.wait(120)
+        before = snapshot(storage, tracking)  # what had completed when the worker stopped
+        outcome.check(rc == code, f"exit code {rc}, expected {code}")
+        trial = {t.number: t for t in trials_of(storage)}[victim.number]
+        if kind == "SIGKILL":
+            outcome.check(trial.state == TrialState.RUNNING, "the killed trial is not RUNNING")
+        else:
+            _no_traceback(outcome, proc, kind)
+            outcome.check(f"stopped by {kind}" in proc.stderr(), "no one-line explanation")
+            outcome.check(trial.state == TrialState.FAIL, f"trial is {trial.state.name}")
+            run_ = MlflowClient(tracking).get_run(victim.user_attrs[RUN_ID_ATTR])
+            outcome.check(
+                run_.data.tags.get("studylib.reason") == f"interrupted by {kind}",
+                f"run reason {run_.data.tags.get('studylib.reason')!r}",
+            )
+        outcome.numbers.update(exit=rc, victim=victim.number, completed_before=len(before))
+        pending.append((outcome, victim.number, before))
+        expected = said.format(pid=proc.pid, number=victim.number)
+        proc = start(folder, sweep_argv(exp))  # the resume, and the next victim
+        wait_until(lambda p=proc: p.stderr().count("studylib:"), 120, "the resume's notes")
+        outcome.check(expected in proc.stderr(), f"the resume did not say {expected!r}")
+    rc = proc.wait(300)
+    for outcome, victim, before in pending:
+        outcome.check(rc == 0, f"the last resume exited {rc}: {proc.stderr()[-300:]}")
+        failure = FAULTS["SIGKILL" if "kill" in outcome.scenario else "SIGINT"][1]
+        summary = _check_recovered(
+            outcome, storage, tracking, victim, failure, "KILLED", total, before
+        )
+        outcome.observed = f"exit {outcome.numbers['exit']}; {summary}"
+    return [outcome for outcome, _, _ in pending]
+
+
+def diverging(folder: Path) -> Outcome:
+    outcome = Outcome(
+        "diverging training (L2 100..1000, SGD)",
+        "diverged trials FAIL with reason, sweep goes on, report lists them",
+    )
+    total = 4
+    exp = write_experiment(
+        folder,
+        epochs=4,
+        trials=total,
+        lr=0.1,
+        optimizer="sgd",
+        extra="[sweep.search.l2]\nlow = 100.0\nhigh = 1000.0\nlog = true\n",
+    )
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    proc = run(folder, sweep_argv(exp))
+    outcome.check(proc.wait() == 0, f"sweep exited {proc.wait()}: {proc.stderr()[-300:]}")
+    trials = trials_of(storage)
+    diverged = [t for t in trials if t.user_attrs.get(FAILURE_ATTR) == "diverged"]
+    outcome.check(len(trials) == total, f"{len(trials)} trials, expected {total}")
+    outcome.check(len(diverged) == total - 1, f"{len(diverged)} diverged, expected {total - 1}")
+    for t in diverged:
+        outcome.check(t.state == TrialState.FAIL, f"diverged trial {t.number} is {t.state.name}")
+        run_ = MlflowClient(tracking).get_run(t.user_attrs[RUN_ID_ATTR])
+        outcome.check(
+            run_.info.status == "FAILED"
+            and "non-finite loss" in run_.data.tags.get("studylib.reason", ""),
+            f"trial {t.number}: run {run_.info.status}, reason missing",
+        )
+    report = run(folder, ["report", "--out", str(folder / "reports")])
+    outcome.check(report.wait() == 0, f"report exited {report.wait()}: {report.stderr()[-300:]}")
+    markdown = folder / "reports" / STUDY / "report.md"
+    text = markdown.read_text() if markdown.exists() else ""
+    listed = text.split("## Trials without a result")[-1] if "without a result" in text else ""
+    outcome.check(
+        all(f"| {t.number} | diverged | non-finite loss" in listed for t in diverged),
+        "the report does not list every diverged trial with its reason",
+    )
+    outcome.lost = max(0, total - counted(trials))
+    outcome.numbers.update(diverged=len(diverged), trials=len(trials))
+    outcome.observed = (
+        f"{len(diverged)} of {len(trials)} trials diverged (FAIL, run FAILED with reason); "
+        f"{counted(trials)}/{total} counted; report lists them"
+    )
+    return outcome
+
+
+def workers_together(folder: Path, n: int = 4, total: int = 8) -> Outcome:
+    outcome = Outcome(
+        f"{n} workers started together (journal + SQLite MLflow, fresh files)",
+        f"exactly {total} distinct trials, baseline once, one experiment, no lock errors",
+    )
+    exp = write_experiment(folder, epochs=3, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    procs = start_together(folder, n, sweep_argv(exp))
+    codes = [p.wait(600) for p in procs]
+    outcome.check(codes == [0] * n, f"exit codes {codes}: {procs[0].stderr()[-500:]}")
+    locked = sum(p.stderr().count("database is locked") for p in procs)
+    trials = trials_of(storage)
+    numbers = sorted(t.number for t in trials)
+    outcome.check(numbers == list(range(total)), f"trial numbers {numbers}")
+    outcome.check(
+        all(t.state == TrialState.COMPLETE for t in trials),
+        f"states {sorted({t.state.name for t in trials})}",
+    )
+    baselines = [t.number for t in trials if t.user_attrs.get("baseline")]
+    outcome.check(baselines == [0], f"baseline trials {baselines}")
+    params = {tuple(sorted(t.params.items())) for t in trials}
+    outcome.check(len(params) == total, f"only {len(params)} distinct parameter sets")
+    client = MlflowClient(tracking)
+    experiments = [e.name for e in client.search_experiments() if e.name == STUDY]
+    outcome.check(len(experiments) == 1, f"{len(experiments)} MLflow experiments named {STUDY}")
+    runs = trial_runs(tracking)
+    tags = sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
+    outcome.check(tags == list(range(total)), f"trial runs {tags}")
+    outcome.check(all(r.info.status == "FINISHED" for r in runs), "a trial run not FINISHED")
+    ran = [int(p.stdout().split("(")[1].split()[0]) for p in procs if "run now" in p.stdout()]
+    outcome.lost = max(0, total - counted(trials))
+    outcome.numbers.update(trials=len(trials), runs=len(runs), ran=ran, locked_retries=locked)
+    outcome.observed = (
+        f"{len(trials)} trials (numbers 0-{total - 1}, {len(params)} distinct), {len(runs)} runs,"
+        f" baseline {baselines}; per worker {ran}; exit codes {codes}; 'database is locked' "
+        f"seen {locked}x"
+    )
+    return outcome
+
+
+def tracking_down(folder: Path) -> Outcome:
+    outcome = Outcome(
+        "MLflow server stops mid-sweep, then restarts",
+        "bounded retries, one-line error (exit 3), Optuna consistent; resume lists gaps",
+    )
+    total = 5
+    exp = write_experiment(folder, epochs=MID_TRIAL_EPOCHS, trials=total)
+    storage = str(folder / "optuna.journal")
+    with tracking_server(folder, f"sqlite:///{folder / 'server.db'}") as server:
+        argv = sweep_argv(exp, "--tracking-uri", server.url, "--tracking-timeout", "3")
+        proc = start(folder, argv)
+        wait_until(lambda: running_mid_trial(storage), 240, "a trial mid-way")
+        before = snapshot(storage, server.url)
+        server.stop()
+        stopped = time.monotonic()
+        rc = proc.wait(180)
+        waited = time.monotonic() - stopped
+        outcome.check(rc == 3, f"exit code {rc}, expected 3: {proc.stderr()[-500:]}")
+        _no_traceback(outcome, proc, "worker")
+        lines = [line for line in proc.stderr().splitlines() if "error:" in line]
+        outcome.check(
+            len(lines) == 1 and "unavailable" in lines[0] and "marked FAIL" in lines[0],
+            f"error lines {lines}",
+        )
+        trials = trials_of(storage)
+        outcome.check(not [t for t in trials if t.state == TrialState.RUNNING], "RUNNING left")
+        # The trial running when the server went away (or the next one, if it finished first).
+        failed = [t.number for t in trials if t.user_attrs.get(FAILURE_ATTR) == "tracking"]
+        if not outcome.check(len(failed) == 1, f"trials failed for tracking: {failed}"):
+            outcome.observed = f"exit {rc}"
+            return outcome
+        victim = failed[0]
+        server.start()
+        resume = run(folder, argv)
+        outcome.check(resume.wait() == 0, f"resume exited {resume.wait()}")
+        said = [line for line in resume.stderr().splitlines() if "lacking" in line]
+        outcome.check(said and f" {victim} (" in said[0], f"resume did not name the gap: {said}")
+        summary = _check_recovered(
+            outcome, storage, server.url, victim, "tracking", "FAILED", total, before
+        )
+        outcome.numbers.update(seconds_to_error=round(waited, 1))
+        gap = said[0].split(": ", 1)[-1] if said else "-"
+        outcome.observed = f"exit {rc} after {waited:.0f} s; resume named {gap}; {summary}"
+    return outcome
+
+
+def mismatch(folder: Path) -> Outcome:
+    outcome = Outcome(
+        "resume with a changed lr and search space",
+        "refused, exit 2, one line naming the changes; --new-study starts <name>-v2",
+    )
+    exp = write_experiment(folder, epochs=2, trials=2)
+    storage = str(folder / "optuna.journal")
+    first = run(folder, sweep_argv(exp))
+    outcome.check(first.wait() == 0, f"first sweep exited {first.wait()}")
+    changed = write_experiment(
+        folder,
+        epochs=2,
+        trials=3,
+        lr=0.01,
+        extra="[sweep.search.l2]\nlow = 1e-6\nhigh = 1e-2\nlog = true\n",
+    )
+    refused = run(folder, sweep_argv(changed))
+    lines = refused.stderr().strip().splitlines()
+    outcome.check(refused.wait() == 2, f"exit {refused.wait()}")
+    outcome.check(len(lines) == 1, f"{len(lines)} lines on stderr")
+    outcome.check(
+        lines and "train.lr 0.003 -> 0.01" in lines[0] and "sweep.search.l2 added" in lines[0],
+        f"message {lines}",
+    )
+    outcome.check(len(trials_of(storage)) == 2, "the refused resume touched the study")
+    fresh = run(folder, sweep_argv(changed, "--new-study"))
+    again = run(folder, sweep_argv(changed, "--new-study", "--trials", "4"))
+    outcome.check(fresh.wait() == 0 and again.wait() == 0, "--new-study failed")
+    names = sorted(optuna.get_all_study_names(_storage(storage)))
+    outcome.check(names == [STUDY, f"{STUDY}-v2"], f"studies {names}")
+    outcome.check(
+        len(trials_of(storage, f"{STUDY}-v2")) == 4, "the second --new-study did not resume v2"
+    )
+    outcome.lost = 0 if len(trials_of(storage)) == 2 else 1
+    changes = lines[0].split("other settings: ", 1)[-1].split(". ")[0] if lines else "-"
+    outcome.observed = f"exit 2 naming: {changes}; --new-study made, then resumed, {names[1:]}"
+    return outcome
+
+
+def secrets(folder: Path, storage: str | None, tracking_uri: str | None) -> Outcome:
+    """Passwords in URLs never reach MLflow, the output or an error message."""
+    outcome = Outcome(
+        "password in storage URL and tracking URI",
+        "never in MLflow params/tags, output or errors (shown as ***)",
+    )
+    exp = write_experiment(folder, epochs=2, trials=2)
+    procs = []
+    if storage and tracking_uri:
+        ok = run(folder, sweep_argv(exp, "--storage", storage, "--tracking-uri", tracking_uri))
+        outcome.check(ok.wait() == 0, f"sweep exited {ok.wait()}: {ok.stderr()[-300:]}")
+        procs.append(ok)
+        client = MlflowClient(tracking_uri)
+        exp_id = client.get_experiment_by_name(STUDY).experiment_id
+        for r in client.search_runs([exp_id]):
+            values = [*r.data.params.values(), *r.data.tags.values()]
+            outcome.check(not any(SECRET in v for v in values), f"secret in run {r.info.run_id}")
+    bad_storage = run(
+        folder, sweep_argv(exp, "--storage", f"postgresql://postgres:{SECRET}@127.0.0.1:1/x")
+    )
+    bad_tracking = run(
+        folder,
+        sweep_argv(
+            exp,
+            "--tracking-uri",
+            f"http://user:{SECRET}@127.0.0.1:{free_port()}",
+            "--tracking-timeout",
+            "1",
+        ),
+    )
+    outcome.check(bad_storage.wait() != 0, "unreachable storage did not fail")
+    outcome.check(bad_tracking.wait() == 3, f"unreachable tracking exited {bad_tracking.wait()}")
+    outcome.check("***" in bad_tracking.stderr(), "the tracking error does not show ***")
+    procs += [bad_storage, bad_tracking]
+    leaks = [p.err.name for p in procs if SECRET in p.stdout() + p.stderr()]
+    outcome.check(not leaks, f"secret printed by {leaks}")
+    outcome.lost = 0
+    what = "a sweep with a password in its PostgreSQL URL, " if storage else ""
+    outcome.observed = (
+        f"{what}unreachable storage (exit {bad_storage.wait()}) and tracking (exit "
+        f"{bad_tracking.wait()}, shows ***): password printed by {leaks or 'none'}"
+    )
+    return outcome
+
+
+def secrets_scenario(folder: Path) -> Outcome:
+    """With PostgreSQL: a whole sweep with a password in the storage URL, then the errors."""
+    if postgres_unreachable():
+        return secrets(folder, None, None)
+    with postgres_database("secrets", SECRET) as storage:
+        return secrets(folder, storage, f"sqlite:///{folder / 'mlflow.db'}")
+
+
+BAD_FILES = {
+    "invalid TOML": b"name = \n[train\n",
+    "wrong type": b'name = "x"\n[train]\nlr = "fast"\n',
+    "unknown key": b'name = "x"\n[train]\nlearning_rate = 0.1\n',
+    "out of range": b'name = "x"\n[model]\ndropout = 1.5\n',
+    "binary": bytes(range(256)),
+}
+
+
+def _files(folder: Path) -> list[str]:
+    """Everything under `folder` but the scenario's own output captures."""
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.startswith("proc-")
+    )
+
+
+def bad_input(folder: Path) -> Outcome:
+    outcome = Outcome(
+        f"{len(BAD_FILES)} malformed experiment files",
+        "each: exit 2, one line naming the problem, no traceback, nothing written",
+    )
+    work = folder / "bad"
+    work.mkdir()
+    for label, content in BAD_FILES.items():
+        path = work / "broken.toml"
+        path.write_bytes(content)
+        listing = _files(work)
+        proc = run(work, sweep_argv(path))
+        lines = proc.stderr().strip().splitlines()
+        outcome.check(proc.wait() == 2, f"{label}: exit {proc.wait()}")
+        outcome.check(len(lines) == 1 and "broken.toml" in lines[0], f"{label}: {lines}")
+        written = _files(work)
+        outcome.check(written == listing, f"{label}: wrote {set(written) - set(listing)}")
+    outcome.observed = (
+        f"{len(BAD_FILES) - len(outcome.failures)} of {len(BAD_FILES)} refused cleanly"
+    )
+    return outcome
+
+
+def postgres_workers(folder: Path, n: int = 4, per_worker: int = 5) -> Outcome:
+    total = n * per_worker
+    outcome = Outcome(
+        f"{n} workers x {per_worker} trials on PostgreSQL + MLflow server on PostgreSQL",
+        f"exactly {total} trials and {total} runs on the server, no password anywhere",
+    )
+    reason = postgres_unreachable()
+    if reason:
+        outcome.lost, outcome.observed = None, f"skipped: {reason}"
+        return outcome
+    exp = write_experiment(folder, epochs=2, trials=total)
+    with (
+        postgres_database("optuna", SECRET) as storage,
+        postgres_database("mlflow") as backend,
+        tracking_server(folder, backend) as server,
+    ):
+        tracking = server.url.replace("http://", f"http://studylib:{SECRET}@")
+        argv = sweep_argv(exp, "--storage", storage, "--tracking-uri", tracking)
+        procs = start_together(folder, n, argv)
+        codes = [p.wait(600) for p in procs]
+        outcome.check(codes == [0] * n, f"exit codes {codes}: {procs[0].stderr()[-500:]}")
+        trials = trials_of(storage)
+        numbers = sorted(t.number for t in trials)
+        outcome.check(numbers == list(range(total)), f"trial numbers {numbers}")
+        outcome.check(all(t.state == TrialState.COMPLETE for t in trials), "not all COMPLETE")
+        runs = trial_runs(server.url)
+        tags = sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
+        outcome.check(tags == list(range(total)), f"trial runs on the server: {tags}")
+        outcome.check(all(r.info.status == "FINISHED" for r in runs), "a run not FINISHED")
+        client = MlflowClient(server.url)
+        exp_id = client.get_experiment_by_name(STUDY).experiment_id
+        for r in client.search_runs([exp_id]):
+            values = [*r.data.params.values(), *r.data.tags.values()]
+            outcome.check(not any(SECRET in v for v in values), f"secret in run {r.info.run_id}")
+        leaks = [p.err.name for p in procs if SECRET in p.stdout() + p.stderr()]
+        outcome.check(not leaks, f"secret printed by {leaks}")
+        ran = [int(p.stdout().split("(")[1].split()[0]) for p in procs if "run now" in p.stdout()]
+        outcome.lost = max(0, total - counted(trials))
+        outcome.numbers.update(trials=len(trials), runs=len(runs), ran=ran)
+        outcome.observed = (
+            f"{len(trials)} trials, {len(runs)} runs on the server; per worker {ran}; "
+            f"password leaks: {len(leaks)}"
+        )
+    return outcome
+
+
+def postgres_heartbeat(folder: Path) -> Outcome:
+    outcome = Outcome(
+        "worker on another machine killed (PostgreSQL heartbeat 1 s)",
+        "its trial FAIL after the grace period, run KILLED, retried with same params",
+    )
+    reason = postgres_unreachable()
+    if reason:
+        outcome.lost, outcome.observed = None, f"skipped: {reason}"
+        return outcome
+    total = 3
+    exp = write_experiment(folder, epochs=MID_TRIAL_EPOCHS, trials=total)
+    tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    with postgres_database("heartbeat") as storage:
+        argv = sweep_argv(exp, "--storage", storage, "--tracking-uri", tracking, "--heartbeat", "1")
+        first = start(folder, argv)
+        victim = wait_until(lambda: running_mid_trial(storage), 240, "a trial mid-way")
+        first.stop(signal.SIGKILL)
+        before = snapshot(storage, tracking)
+        # Pretend it ran on another machine: the process check cannot see it, only the
+        # heartbeat can.
+        study = load_study(storage)
+        owner = dict(victim.user_attrs[OWNER_ATTR], host="another-machine")
+        study._storage.set_trial_user_attr(victim._trial_id, OWNER_ATTR, owner)
+        killed_at = time.monotonic()
+        second = run(folder, argv)
+        outcome.check(second.wait() == 0, f"second worker exited {second.wait()}")
+        outcome.check(
+            f"trial {victim.number}: no heartbeat" in second.stderr(),
+            f"the heartbeat did not catch it: {second.stderr()[-400:]}",
+        )
+        summary = _check_recovered(
+            outcome, storage, tracking, victim.number, None, "KILLED", total, before
+        )
+        outcome.numbers["seconds"] = round(time.monotonic() - killed_at, 1)
+        outcome.observed = summary
+    return outcome
+
+
+SCENARIOS: dict[str, Callable[[Path], Outcome | list[Outcome]]] = {
+    "interruptions": interruptions,
+    "diverging": diverging,
+    "workers": workers_together,
+    "postgres": postgres_workers,
+    "heartbeat": postgres_heartbeat,
+    "tracking": tracking_down,
+    "mismatch": mismatch,
+    "secrets": lambda folder: secrets_scenario(folder),
+    "bad_input": bad_input,
+}
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    header = ("scenario", "expected", "observed", "trials lost")
+    rows = [
+        (
+            o.scenario,
+            o.expected,
+            o.observed + ("" if not o.failures else f" [FAILED: {'; '.join(o.failures)}]"),
+            "-" if o.lost is None else str(o.lost),
+        )
+        for o in outcomes
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="run these only")
+    parser.add_argument("--keep", action="store_true", help="keep the scenario folders")
+    args = parser.parse_args(argv)
+    outcomes: list[Outcome] = []
+    root = Path(tempfile.mkdtemp(prefix="studylib-faults-"))
+    for name in args.only or list(SCENARIOS):
+        folder = root / name
+        folder.mkdir()
+        started = time.monotonic()
+        print(f"faults: {name} ...", file=sys.stderr, flush=True)
+        try:
+            result = SCENARIOS[name](folder)
+        except Exception as exc:  # a scenario that breaks is a row, not the end of the table
+            result = Outcome(name, "-", f"scenario error: {type(exc).__name__}: {exc}", None)
+            result.failures.append("scenario error")
+        for outcome in result if isinstance(result, list) else [result]:
+            outcomes.append(outcome)
+        print(f"faults: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print_table(outcomes)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"scenario folders kept in {root}", file=sys.stderr)
+    failed = [o.scenario for o in outcomes if o.failures or (o.lost or 0) > 0]
+    print(
+        f"{len(outcomes) - len(failed)} passed, {len(failed)} failed"
+        + (f": {', '.join(failed)}" if failed else ""),
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

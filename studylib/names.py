@@ -1,0 +1,41 @@
+"""Every key studylib writes into MLflow and Optuna, in one place.
+
+MLflow run tags (`*_TAG`) are what the report, the UI and a notebook filter on; Optuna user
+attributes (`*_ATTR`) are how a study remembers who runs a trial, why it failed and where its
+MLflow run is. Renaming one breaks the reading of stores written before: add, do not rename.
+"""
+
+from __future__ import annotations
+
+# MLflow run tags
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial under its sweep
+STUDY_TAG = "optuna.study_name"
+TRIAL_TAG = "optuna.trial_number"
+ROLE_TAG = "studylib.role"  # sweep | ablation (parents), trial | arm | tune (children), train
+STATUS_TAG = "studylib.status"  # completed, early_stopped, pruned, diverged, crashed, killed
+REASON_TAG = "studylib.reason"
+GROUP_TAG = "studylib.group"  # the study group (a group file) an experiment belongs to
+RUN_KEY_TAG = "studylib.run_key"  # made before create_run: a retried create finds its own run
+BASELINE_TAG = "studylib.baseline"  # "true" on the unregularized baseline trial
+RETRY_OF_TAG = "studylib.retry_of"  # the trial number a retried trial runs again
+BEST_TRIAL_TAG = "studylib.best_trial"  # on a sweep's parent run
+STORAGE_TAG = "studylib.storage"  # the Optuna storage a sweep used (password masked)
+ARM_TAG = "studylib.arm"
+SEED_TAG = "studylib.ablation_seed"
+KEY_TAG = "studylib.ablation_key"  # the design an ablation run belongs to
+STRENGTHS_TAG = "studylib.strengths"  # on an ablation's parent run: the strengths it used
+ARCH_TAG = "studylib.arch"
+DATASET_TAG = "studylib.dataset"
+RUN_SEED_TAG = "studylib.seed"
+DEVICE_TAG = "studylib.device"
+PRECISION_TAG = "studylib.precision"
+COMPILE_TAG = "studylib.compile"
+
+# Optuna trial and study user attributes
+OWNER_ATTR = "studylib.worker"  # {"host", "boot", "pid", "started"} of the worker running it
+FAILURE_ATTR = "studylib.failure"  # why a trial FAILed: killed, interrupted, tracking, diverged
+REASON_ATTR = "studylib.reason"
+RUN_ID_ATTR = "mlflow_run_id"
+CONFIG_ATTR = "studylib.config"  # study attribute: the settings the study was created with
+BASELINE_ATTR = "baseline"  # the one user attribute a retried trial inherits
+DIVERGED_ATTR = "diverged"  # a FAIL that is a result (non-finite loss), not a crash

@@ -1,0 +1,14 @@
+"""Report: takes what MLflow holds (runs and their full histories), gives reports/<study>/
+(index.html, report.md, figures) whose claims table checks the lecture notes against the runs.
+
+results.py reads runs and curves into DataFrames (also for a notebook); stats.py intervals and
+tests; claims.py the verdicts; figures.py one PNG per function; pages.py the sections and
+pages. Everything comes from the tracking store, never from a sweep's memory.
+"""
+
+from __future__ import annotations
+
+from studylib.report.pages import write_report, write_reports
+from studylib.report.results import load_curves, load_runs
+
+__all__ = ["load_curves", "load_runs", "write_report", "write_reports"]

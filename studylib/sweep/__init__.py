@@ -1,0 +1,26 @@
+"""Sweep: takes an `Experiment` and `Settings`, gives a finished Optuna study whose every trial
+is an MLflow child run under the sweep's parent run (and, with `[ablation]`, the arms over
+seeds).
+
+space.py the search space; storage.py the Optuna storage; study.py how every process opens the
+study (pruner, sampler seed rule, settings it was created with); recovery.py dead workers'
+trials; claim.py the one claim protocol; trial.py one trial's config, training and run;
+loops.py the loops every process runs (one trial or a population at a time); workers.py
+`--workers N`; run.py a whole sweep; ablation.py the controlled design over seeds.
+"""
+
+from __future__ import annotations
+
+from studylib.sweep.ablation import AblationSummary, run_ablation
+from studylib.sweep.run import SweepSummary, check_speedups, run_single, run_sweep
+from studylib.sweep.storage import make_storage
+
+__all__ = [
+    "AblationSummary",
+    "SweepSummary",
+    "check_speedups",
+    "make_storage",
+    "run_ablation",
+    "run_single",
+    "run_sweep",
+]

@@ -1,0 +1,228 @@
+"""Ablation: the unregularized baseline, each regularizer alone, and all of them, over seeds.
+
+A sweep finds good settings; an ablation explains what each regularizer does. Following the
+tuning playbook, the experiment file labels its hyperparameters: the regularizer strengths are
+*scientific* (`[ablation.strength]`, each given or tuned), `[ablation.nuisance]` ranges are
+*nuisance* (tuned per arm, so no arm loses for want of a good learning rate), everything else is
+*fixed*. Tuning looks at validation loss on the first seed only; every arm then runs once per
+seed, and the seed fixes split, init and dropout masks, so arms compare paired by seed.
+
+Arms: `baseline` (no dropout, no penalty, no decay, no early stopping), `dropout`, `l1`, `l2`,
+`weight_decay`, `early_stopping` (each alone), and `all` (every regularizer at its arm's
+strength, plus early stopping; knobs no single arm settled are tuned jointly for `all`). Arms
+without early stopping keep their last epoch's weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from studylib.config import (
+    ARM_KNOBS,
+    SEARCHABLE,
+    Experiment,
+    SearchRange,
+    Settings,
+    all_regularizers_off,
+)
+from studylib.console import Progress
+from studylib.data import load_splits
+from studylib.names import (
+    ARM_TAG,
+    KEY_TAG,
+    ROLE_TAG,
+    SEED_TAG,
+    STATUS_TAG,
+    STRENGTHS_TAG,
+    STUDY_TAG,
+)
+from studylib.sweep.space import suggest, switched_on
+from studylib.sweep.storage import make_storage
+from studylib.sweep.study import counted_trials, sampler_for
+from studylib.sweep.trial import run_trial
+from studylib.tracking import Tracker, environment_tags, group_tags, open_tracker
+from studylib.train import resolve_device
+
+KNOB_OF_PATH = {path: name for name, path in SEARCHABLE.items()}
+
+
+def arm_knobs(arm: str) -> tuple[str, ...]:
+    if arm == "all":
+        return tuple(knob for knobs in ARM_KNOBS.values() for knob in knobs)
+    return ARM_KNOBS.get(arm, ())
+
+
+def arm_values(arm: str, strengths: dict[str, Any]) -> dict[str, Any]:
+    """Config values of one arm, given each knob's strength."""
+    values: dict[str, Any] = all_regularizers_off()
+    for knob in arm_knobs(arm):
+        values[SEARCHABLE[knob]] = strengths[knob]
+        if knob == "patience":
+            values["train.early_stopping"] = True
+    return values
+
+
+def ablation_key(exp: Experiment) -> str:
+    """Identifies the design: runs of an edited experiment are never mistaken for these."""
+    design = exp.model_dump(mode="json", exclude={"sweep": {"trials"}})
+    return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class AblationSummary:
+    parent_run_id: str
+    runs_done: int
+    runs_skipped: int
+    strengths: dict[str, Any]
+    nuisance: dict[str, dict[str, Any]]
+    seconds: float
+
+
+def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
+    assert exp.ablation is not None
+    started = time.monotonic()
+    plan = exp.ablation
+    device = resolve_device(settings.device)
+    tracker = open_tracker(exp, settings)
+    key = ablation_key(exp)
+    done = finished_arm_runs(tracker, key)
+    parent = tracker.start_run(
+        f"ablation-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            ROLE_TAG: "ablation",
+            STUDY_TAG: exp.name,
+            KEY_TAG: key,
+            **environment_tags(),
+            **group_tags(exp),
+        },
+    )
+    parent.log_params(exp.flat())
+    splits = {
+        seed: load_splits(exp.data, seed, settings.cache_dir).to(device) for seed in plan.seeds
+    }
+    storage = make_storage(settings.storage)
+
+    given = plan.strength.model_dump()
+    strengths: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    nuisance: dict[str, dict[str, Any]] = {}
+    # Single-regularizer arms first: `all` reuses the strengths they settle on.
+    order = sorted(plan.arms, key=lambda arm: (arm == "all", arm == "baseline"))
+    progress = Progress(len(plan.arms) * len(plan.seeds), 0, settings.progress)
+    ran = skipped = 0
+    status = "FINISHED"
+    try:
+        for arm in order:
+            # `all` reuses what the single arms settled on and tunes the rest jointly.
+            untuned = [k for k in arm_knobs(arm) if k not in strengths]
+            space = {k: switched_on(exp.sweep.search[k]) for k in untuned}
+            space.update(plan.nuisance)
+            chosen = tune_arm(exp, arm, space, strengths, storage, tracker, parent.run_id, splits)
+            for path, value in chosen.items():
+                knob = KNOB_OF_PATH[path]
+                if knob in untuned:
+                    strengths[knob] = value
+            nuisance[arm] = {p: v for p, v in chosen.items() if KNOB_OF_PATH[p] in plan.nuisance}
+            for seed in plan.seeds:
+                progress.start_trial(f"{arm}/seed {seed}")
+                if (arm, seed) in done:
+                    skipped += 1
+                    progress.finish_trial(None)
+                    continue
+                cfg = exp.with_values({**arm_values(arm, strengths), **nuisance[arm], "seed": seed})
+                outcome = run_trial(
+                    cfg,
+                    splits[seed],
+                    tracker,
+                    run_name=f"{arm}-seed{seed}",
+                    tags={
+                        ROLE_TAG: "arm",
+                        STUDY_TAG: exp.name,
+                        ARM_TAG: arm,
+                        SEED_TAG: str(seed),
+                        KEY_TAG: key,
+                    },
+                    parent_id=parent.run_id,
+                    progress=progress,
+                )
+                ran += 1
+                final = outcome.result.final if outcome.result else {}
+                progress.finish_trial(final.get("selected_val_loss"))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        progress.close()
+        parent.set_tags({STRENGTHS_TAG: json.dumps(strengths, sort_keys=True)})
+        parent.finish(status)
+    return AblationSummary(
+        parent.run_id, ran, skipped, strengths, nuisance, time.monotonic() - started
+    )
+
+
+def tune_arm(
+    exp: Experiment,
+    arm: str,
+    space: dict[str, SearchRange],
+    strengths: dict[str, Any],
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    parent_id: str,
+    splits: dict,
+) -> dict[str, Any]:
+    """Best config values for `space` on the first seed's validation loss (resumable)."""
+    if not space:
+        return {}
+    assert exp.ablation is not None
+    seed = exp.ablation.seeds[0]
+    study = optuna.create_study(
+        study_name=f"{exp.name}.ablation.{arm}.{ablation_key(exp)}",
+        storage=storage,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    study.sampler = sampler_for(seed, len(study.trials))
+
+    def objective(trial: optuna.Trial) -> float:
+        chosen = suggest(trial, space)
+        trial_strengths = {**strengths, **{KNOB_OF_PATH[p]: v for p, v in chosen.items()}}
+        values = {**arm_values(arm, trial_strengths), **chosen, "seed": seed}
+        outcome = run_trial(
+            exp.with_values(values),
+            splits[seed],
+            tracker,
+            run_name=f"tune-{arm}-{trial.number:03d}",
+            tags={ROLE_TAG: "tune", STUDY_TAG: exp.name, ARM_TAG: arm},
+            parent_id=parent_id,
+        )
+        if outcome.status == "diverged":
+            trial.set_user_attr("diverged", outcome.result.reason if outcome.result else "")
+            return float("nan")
+        return outcome.result.final["selected_val_loss"]
+
+    remaining = exp.ablation.tune_trials - counted_trials(study)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise RuntimeError(f"ablation arm {arm!r}: every tuning trial failed")
+    return suggest(optuna.trial.FixedTrial(study.best_trial.params), space)
+
+
+def finished_arm_runs(tracker: Tracker, key: str) -> set[tuple[str, int]]:
+    """(arm, seed) pairs of this design that already have a result: finished, or diverged
+    (a deterministic outcome that running again would only repeat)."""
+    runs = tracker.search_runs(f"tags.`{ROLE_TAG}` = 'arm' and tags.`{KEY_TAG}` = '{key}'")
+    return {
+        (r.data.tags[ARM_TAG], int(r.data.tags[SEED_TAG]))
+        for r in runs
+        if r.info.status == "FINISHED" or r.data.tags.get(STATUS_TAG) == "diverged"
+    }

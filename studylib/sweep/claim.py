@@ -1,0 +1,154 @@
+"""The claim protocol: how any process takes trials of a study and gives them back.
+
+Every loop that trains trials (one at a time, a population at a time, in the main process, in
+`--workers` processes, under any launcher) goes through these functions, so all of them get
+the same guarantees:
+- claim under the study's lock (`claim_trials`): dead workers' trials are failed and queued
+  again first (recovery.py), then trials are counted and asked for, so however many processes
+  interleave, the study ends at exactly the requested total;
+- a heartbeat while they run (RDB storage), so another machine can tell when this one died;
+- tell how each ended (`record_outcome`, `fail_trial`), never masking the exception that ended
+  it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from studylib.config import Experiment, Settings
+from studylib.console import say
+from studylib.locks import exclusive
+from studylib.names import (
+    DIVERGED_ATTR,
+    FAILURE_ATTR,
+    OWNER_ATTR,
+    REASON_ATTR,
+    RUN_ID_ATTR,
+)
+from studylib.redact import redact
+from studylib.sweep.recovery import Worker, fail_dead_trials, queue_retries
+from studylib.sweep.study import count_done, sampler_for, trial_id
+from studylib.tracking import Tracker
+from studylib.train import TrainResult
+
+
+@dataclass
+class Claim:
+    trials: list[optuna.Trial]  # claimed by this process: run them
+    wait: bool  # none claimed, but trials running elsewhere may die and need a retry here
+
+
+def heartbeat_seconds(storage: optuna.storages.BaseStorage) -> int | None:
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return storage.get_heartbeat_interval()
+    return None
+
+
+def claim_trials(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    exp: Experiment,
+    settings: Settings,
+    tracker: Tracker,
+    total: int,
+    count: int = 1,
+) -> Claim:
+    """Up to `count` trials for this process, so that the study never exceeds `total`."""
+    beating = heartbeat_seconds(storage) is not None
+    with exclusive(settings.storage, f"study:{study.study_name}"):
+        for note in fail_dead_trials(study, storage, tracker, beating) + queue_retries(study):
+            say(note)
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        done = count_done(trials)
+        left = total - done - len(running)
+        if done >= total:
+            return Claim([], wait=False)
+        if left <= 0:
+            # The last trials run in other workers; one may yet fail and need a retry. Only
+            # wait where their death can be noticed: a heartbeat, or a worker on this machine.
+            owners = [Worker.from_attr(t.user_attrs.get(OWNER_ATTR)) for t in running]
+            judged = beating or any(o is None or o.on_this_machine() for o in owners)
+            return Claim([], wait=judged)
+        study.sampler = sampler_for(exp.seed, len(trials))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            claimed = [study.ask() for _ in range(min(count, left))]
+        owner = Worker.current().as_attr()
+        for trial in claimed:
+            trial.set_user_attr(OWNER_ATTR, owner)
+            if trial.user_attrs.get(RUN_ID_ATTR) is not None:  # inherited from a retried trial
+                trial.set_user_attr(RUN_ID_ATTR, None)
+        return Claim(claimed, wait=False)
+
+
+@contextlib.contextmanager
+def heartbeat(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, trials: list[optuna.Trial]
+) -> Iterator[None]:
+    """Record the trials' heartbeats every interval while they run (RDB storage only).
+
+    Optuna runs this thread inside `study.optimize`; trials here are claimed with ask/tell (to
+    count and ask under one lock), so the protocol runs it itself: one thread for all trials.
+    """
+    interval = heartbeat_seconds(storage)
+    if not interval:
+        yield
+        return
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    ids = [trial_id(storage, study, trial.number) for trial in trials]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial, number in zip(trials, ids, strict=True):
+                try:
+                    storage.record_heartbeat(number)
+                except Exception as exc:  # a database hiccup: the next beat may pass
+                    say(f"trial {trial.number}: heartbeat not recorded: {exc}")
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: str) -> None:
+    """Mark the trial FAIL with why (killed, interrupted, tracking, crashed); never mask the
+    exception that brought us here. Retryable failures run again (recovery.queue_retries)."""
+    try:
+        trial.set_user_attr(FAILURE_ATTR, failure)
+        trial.set_user_attr(REASON_ATTR, redact(reason)[:500])
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:
+        say(f"trial {trial.number} could not be marked FAIL ({exc}); the next sweep will")
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, result: TrainResult) -> float | None:
+    """Tell Optuna how a trained trial ended; its value, None if it diverged (a counted FAIL)."""
+    if result.status == "diverged":
+        trial.set_user_attr(DIVERGED_ATTR, result.reason)
+        trial.set_user_attr(FAILURE_ATTR, "diverged")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    value = result.final["selected_val_loss"]
+    for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
+        trial.set_user_attr(key, result.final[key])
+    study.tell(trial, value)
+    return value
+
+
+def record_pruned(study: optuna.Study, trial: optuna.Trial) -> None:
+    study.tell(trial, state=TrialState.PRUNED)

@@ -1,0 +1,34 @@
+"""Tracking: takes a study's runs (configs, per-epoch figures, results), gives MLflow records.
+
+store.py is the one door to MLflow (`Tracker`: the study's experiment, every call retried with
+a bounded backoff; `Run`: one run written in batches); trial_run.py is a trial's MLflow life
+(open with its config, feed its curve, close with how it ended), shared by every mode.
+"""
+
+from __future__ import annotations
+
+from studylib.tracking.store import (
+    Run,
+    Tracker,
+    TrackingUnavailable,
+    environment_tags,
+    open_tracker,
+)
+from studylib.tracking.trial_run import (
+    close_interrupted_run,
+    close_trial_run,
+    group_tags,
+    start_trial_run,
+)
+
+__all__ = [
+    "Run",
+    "Tracker",
+    "TrackingUnavailable",
+    "close_interrupted_run",
+    "close_trial_run",
+    "environment_tags",
+    "group_tags",
+    "open_tracker",
+    "start_trial_run",
+]

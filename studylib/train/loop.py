@@ -1,0 +1,327 @@
+"""Training: one device-agnostic loop with the study's regularizers and early stopping.
+
+Regularizers (lecture notes, "Weight regularization" and "Dropout layer"): the L1 and L2
+penalties and decoupled weight decay (regularizers.py; decay is the rule of torch.optim.AdamW,
+applied the same way for every optimizer, so `weight_decay` never passes through Adam's moment
+estimates and stays distinct from the L2 penalty); dropout lives in the model; early stopping
+on validation loss restores the best weights (stopping.py). Gradients (lecture notes,
+"Vanishing and Exploding gradients"): `grad_clip` rescales the gradient whenever its global
+norm exceeds the limit; `grad_norms` logs each layer's norm (gradients.py).
+
+What happens after each epoch (record the figures, find the best epoch, ask the stopping rule,
+end on divergence) is `EpochBook.step`: the one epoch step that `fit` and population training
+(population.py) share, so a population member ends exactly where its sequential trial would.
+
+Speed: the data are tensors on the device; batches are index slices of a random permutation;
+per-epoch figures accumulate on the device and are read back once per epoch (one host sync);
+evaluation runs without autograd; the penalties' gradient is added in fused kernels over all
+weight tensors, outside autograd; the optimizer is torch's fused kernel; nothing inside an
+epoch talks to MLflow or Optuna (`on_epoch` runs once per epoch). Optional: bf16 autocast and
+torch.compile (`Speed`); TF32 matmuls on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from studylib.config import DEFAULT_SPEED, Speed, TrainConfig
+from studylib.data import Splits
+from studylib.train.device import autocast_context
+from studylib.train.gradients import GradNorms
+from studylib.train.regularizers import (
+    PenaltyMeter,
+    add_penalty_gradients,
+    decay_parameters,
+    weight_stats,
+)
+from studylib.train.stopping import StoppingRule, comparison_rules, make_rule, stop_epochs
+from studylib.train.tasks import TASKS
+
+EVAL_BATCH = 8192
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]  # one dict of metrics per epoch, epoch 1 first
+    best_epoch: int  # epoch of the lowest validation loss (0 if none was finite)
+    stopped_epoch: int  # last epoch trained
+    selected_epoch: int  # whose weights were kept: best_epoch with early stopping, else last
+    status: str  # "completed", "early_stopped" or "diverged"
+    reason: str
+    final: dict[str, float] = field(default_factory=dict)  # metrics of the kept weights
+    state_dict: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0  # wall time of `fit`, epoch callbacks included (0: not measured)
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer of `cfg` over `params`: one fused kernel per step on CPU and CUDA.
+
+    weight_decay is applied by `fit` itself (decoupled), so every optimizer gets 0 here.
+    """
+    params = [p for p in params if p.requires_grad]
+    fused = params[0].device.type in ("cpu", "cuda") or None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=fused)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classify"
+) -> torch.Tensor:
+    """(mean cross-entropy, accuracy) as one device tensor of shape (2,); eval mode, no penalty.
+
+    The same function scores train, validation and test, so their gap compares like with like.
+    The task (tasks.py) says what the loss is averaged over and what counts as correct.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=x.device)  # summed loss, its units, correct examples
+    for start in range(0, len(y), EVAL_BATCH):
+        sums += TASKS[task].score(
+            model, x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        )
+    model.train(was_training)
+    return torch.stack([sums[0] / sums[1], sums[2] / len(y)])
+
+
+def epoch_metrics(
+    objective: float,
+    train_loss: float,
+    train_acc: float,
+    val_loss: float,
+    val_acc: float,
+    norm: float,
+    sparsity: float,
+    lr: float,
+) -> dict[str, float]:
+    """One epoch's logged figures; sequential and population training name them alike."""
+    return {
+        "train/loss": train_loss,
+        "train/acc": train_acc,
+        "val/loss": val_loss,
+        "val/acc": val_acc,
+        "gap/loss": val_loss - train_loss,
+        "gap/acc": train_acc - val_acc,
+        "train/objective": objective,
+        "weights/l2_norm": norm,
+        "weights/sparsity": sparsity,
+        "lr": lr,
+    }
+
+
+@dataclass
+class Ending:
+    status: str  # "completed", "early_stopped" or "diverged"
+    reason: str
+
+
+class EpochBook:
+    """One run's bookkeeping after each epoch, on the host: its history, best epoch, stopping
+    rule and how it ends. `fit` keeps one; population training keeps one per member."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.history: list[dict[str, float]] = []
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.rule: StoppingRule = make_rule(
+            cfg.stopping,
+            patience=cfg.patience,
+            min_delta=cfg.min_delta,
+            gl_alpha=cfg.gl_alpha,
+            pq_alpha=cfg.pq_alpha,
+            up_strips=cfg.up_strips,
+            strip=cfg.strip_length,
+        )
+        self.has_best_state = False  # weights of the best epoch were kept (early stopping)
+
+    def step(self, epoch: int, metrics: dict[str, float]) -> tuple[bool, Ending | None]:
+        """Record epoch `epoch`'s figures. Returns (keep these weights as the best so far, how
+        the run ends after this epoch or None). A diverged epoch records its finite figures."""
+        objective, train_loss, val_loss = (
+            metrics["train/objective"],
+            metrics["train/loss"],
+            metrics["val/loss"],
+        )
+        if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
+            self.history.append({k: v for k, v in metrics.items() if math.isfinite(v)})
+            reason = f"non-finite loss at epoch {epoch} (objective {objective})"
+            return False, Ending("diverged", reason)
+        self.history.append(metrics)
+        keep = False
+        if val_loss < self.best_loss - self.cfg.min_delta:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            keep = self.cfg.early_stopping
+            self.has_best_state = self.has_best_state or keep
+        should_stop = self.rule.update(train_loss, val_loss)
+        if self.cfg.early_stopping and should_stop:
+            return keep, Ending(
+                "early_stopped", f"rule {self.rule.name} stopped after epoch {epoch}"
+            )
+        if epoch >= self.cfg.max_epochs:
+            return keep, Ending("completed", f"trained all {self.cfg.max_epochs} epochs")
+        return keep, None
+
+    @property
+    def selected_epoch(self) -> int:
+        """Whose weights are kept: the best epoch's with early stopping, else the last one's."""
+        return self.best_epoch if self.cfg.early_stopping else len(self.history)
+
+    def result(self, ending: Ending, test: tuple[float, float] | None = None) -> TrainResult:
+        """The run's TrainResult; `test` (loss, accuracy) of the kept weights when not diverged."""
+        result = TrainResult(
+            history=self.history,
+            best_epoch=self.best_epoch,
+            stopped_epoch=len(self.history),
+            selected_epoch=self.selected_epoch,
+            status=ending.status,
+            reason=ending.reason,
+        )
+        if ending.status != "diverged" and test is not None:
+            result.final = final_metrics(
+                self.history, self.best_epoch, self.best_loss, self.selected_epoch, self.cfg
+            )
+            result.final.update(test_loss=test[0], test_acc=test[1])
+        return result
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    speed: Speed = DEFAULT_SPEED,
+) -> TrainResult:
+    """Train `model` (already on the splits' device) and score the kept weights on test once.
+
+    `on_epoch(epoch, metrics)` sees each epoch's figures; it may raise (optuna.TrialPruned, say)
+    to end training early, and the exception propagates after the loop stops.
+    Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
+    """
+    started = time.perf_counter()
+    device = splits.x_train.device
+    task = TASKS[splits.task]
+    order = torch.Generator(device=device).manual_seed(seed)
+    optimizer = make_optimizer(cfg, list(model.parameters()))
+    # `forward` computes; `model` owns the parameters and the state dict (a compiled module
+    # shares them and prefixes their names).
+    forward = torch.compile(model) if speed.compile else model
+    autocast = autocast_context(device, speed)
+    weights = decay_parameters(model)
+    penalties = PenaltyMeter(weights, cfg.l1, cfg.l2)
+    decay_factor = 1.0 - cfg.lr * cfg.weight_decay
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norms = GradNorms(model, device) if cfg.grad_norms else None
+    n = len(splits.y_train)
+    book = EpochBook(cfg)
+    best_state = None
+
+    model.train()
+    for epoch in range(1, cfg.max_epochs + 1):
+        objective_sum = splits.x_train.new_zeros((), dtype=torch.float32)
+        perm = torch.randperm(n, device=device, generator=order)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            with autocast:
+                loss = task.loss(forward, splits.x_train[idx], splits.y_train[idx]).float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.l1 or cfg.l2:
+                # The gradient of `loss + penalty(...)`, added outside autograd.
+                add_penalty_gradients(weights, cfg.l1, cfg.l2)
+                penalties.add(len(idx))
+            if grad_norms is not None:
+                grad_norms.add()  # before clipping: the gradient the loss really has
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
+            if cfg.weight_decay:
+                with torch.no_grad():
+                    torch._foreach_mul_(weights, decay_factor)
+            optimizer.step()
+            objective_sum.add_(loss.detach(), alpha=len(idx))
+
+        # One host sync per epoch: every figure is computed on the device, then read at once.
+        with autocast:
+            train_figures = evaluate(forward, splits.x_train, splits.y_train, splits.task)
+            val_figures = evaluate(forward, splits.x_val, splits.y_val, splits.task)
+        if cfg.l1 or cfg.l2:
+            objective_sum += penalties.take()
+        parts = [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
+        if grad_norms is not None:
+            parts.append(grad_norms.epoch_means())
+        figures = torch.cat(parts).tolist()
+        metrics = epoch_metrics(*figures[:7], lr=optimizer.param_groups[0]["lr"])
+        if grad_norms is not None:
+            metrics.update(zip(grad_norms.names, figures[7:], strict=True))
+
+        keep, ending = book.step(epoch, metrics)
+        if ending is not None and ending.status == "diverged":
+            return book.result(ending)
+        if keep:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if ending is not None:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    # The only time the test split is touched: the kept weights, scored once.
+    with autocast:
+        test = evaluate(forward, splits.x_test, splits.y_test, splits.task).tolist()
+    result = book.result(ending, (test[0], test[1]))
+    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def final_metrics(
+    history: list[dict[str, float]],
+    best_epoch: int,
+    best_loss: float,
+    selected_epoch: int,
+    cfg: TrainConfig | None = None,
+) -> dict[str, float]:
+    """A run's closing figures from its history (test scores are added by the caller).
+
+    Shared by `fit` and population training, so a member logs exactly what a trial logs.
+    With `cfg`, also the epoch at which each stopping rule would have stopped on these curves
+    (`stop_epoch/<rule>`, 0: not within them).
+    """
+    kept = history[selected_epoch - 1]
+    would_stop: dict[str, int] = {}
+    if cfg is not None:
+        rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
+        would_stop = stop_epochs(
+            [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
+        )
+    return {
+        "best_epoch": best_epoch,
+        "stopped_epoch": len(history),
+        "selected_epoch": selected_epoch,
+        "best_val_loss": best_loss,
+        "best_val_acc": history[best_epoch - 1]["val/acc"],
+        "selected_val_loss": kept["val/loss"],
+        "selected_val_acc": kept["val/acc"],
+        "selected_train_loss": kept["train/loss"],
+        "selected_train_acc": kept["train/acc"],
+        "gap_loss": kept["gap/loss"],
+        "gap_acc": kept["gap/acc"],
+        "best_gap_loss": history[best_epoch - 1]["gap/loss"],
+        "best_gap_acc": history[best_epoch - 1]["gap/acc"],
+        "final_l2_norm": history[-1]["weights/l2_norm"],
+        "final_sparsity": history[-1]["weights/sparsity"],
+        **{f"stop_epoch/{name}": epoch for name, epoch in would_stop.items()},
+    }

@@ -1,0 +1,56 @@
+"""Faults end to end with real worker processes (`python -m studylib sweep`), one machine.
+
+Each test runs a scenario of `make faults` (bench/faults.py) in a temporary folder; a
+scenario's checks are listed in `outcome.failures` when they do not hold.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import faults
+
+
+def explain(outcome: faults.Outcome) -> str:
+    return f"{outcome.scenario}: {outcome.observed}; failed: {outcome.failures}"
+
+
+def test_kill9_sigint_sigterm_mid_trial_then_resume(tmp_path):
+    """kill -9, then SIGINT, then SIGTERM, each mid-trial; each resume recovers."""
+    outcomes = faults.interruptions(tmp_path)
+    assert [o.numbers["exit"] for o in outcomes] == [-9, 130, 143]
+    for outcome in outcomes:
+        assert outcome.ok, explain(outcome)
+        assert outcome.lost == 0
+        assert outcome.numbers["done"] == 7  # the requested total, retries included
+        assert outcome.numbers["retry"] is not None
+    assert outcomes[0].numbers["completed_before"] >= 1  # there was something to lose
+
+
+def test_four_workers_started_together_on_fresh_files(tmp_path):
+    outcome = faults.workers_together(tmp_path, n=4, total=8)
+    assert outcome.ok, explain(outcome)
+    assert outcome.numbers["trials"] == 8 and outcome.numbers["runs"] == 8
+    assert sum(outcome.numbers["ran"]) == 8  # each trial run by exactly one worker
+
+
+@pytest.mark.slow
+def test_tracking_server_stops_mid_sweep_then_resumes(tmp_path):
+    """A real `mlflow server`, stopped mid-trial and started again (the in-process variant in
+    test_sweep.py runs by default)."""
+    outcome = faults.tracking_down(tmp_path)
+    assert outcome.ok, explain(outcome)
+    assert outcome.numbers["seconds_to_error"] < 60
+
+
+@pytest.mark.slow
+def test_diverging_mismatch_secrets_and_bad_files_as_processes(tmp_path):
+    for scenario in (faults.diverging, faults.mismatch, faults.bad_input):
+        folder = tmp_path / scenario.__name__
+        folder.mkdir()
+        outcome = scenario(folder)
+        assert outcome.ok, explain(outcome)
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    outcome = faults.secrets(folder, None, None)
+    assert outcome.ok, explain(outcome)

@@ -1,0 +1,60 @@
+"""The benchmark's machinery (never its timings: those depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import bench
+
+
+def run_bench(tmp_path, data_cache, *extra: str) -> dict:
+    out = tmp_path / "bench.json"
+    args = ["--families", "mlp", "--repeats", "1", "--epochs", "2", "--threads", "1"]
+    code = bench.main([*args, "--cache-dir", str(data_cache), "--out", str(out), *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_floor_and_studylib_do_the_same_arithmetic(tmp_path, data_cache, capsys):
+    results = run_bench(tmp_path, data_cache, "--sections", "trial")
+    trial = results["families"]["mlp"]["trial"]
+    # Same seed, model, batches and optimizer kernel: the validation curves agree to rounding.
+    assert trial["floor_vs_trial_max_val_loss_difference"] < 1e-5
+    assert trial["trial_over_floor"] == pytest.approx(
+        sorted(trial["trial_seconds"])[0] / sorted(trial["floor_seconds"])[0]
+    )
+    assert trial["fit_seconds"][0] < trial["trial_seconds"][0]  # fit runs inside the trial
+    printed = capsys.readouterr().out
+    assert "mlp: studylib / floor" in printed and "targets:" in printed
+    assert results["targets"]["trial_over_floor"]["target"] == "<= 1.1"
+
+
+def test_absent_families_are_listed_not_measured():
+    assert bench.family_experiment({"arch": "no-such-family"}, 3) is None
+    exp = bench.family_experiment(bench.FAMILIES["mlp"], 7)
+    assert exp.train.max_epochs == 7 and exp.train.patience > 7  # bookkeeping, never a stop
+
+
+@pytest.mark.slow
+def test_every_section_runs(tmp_path, data_cache):
+    results = run_bench(
+        tmp_path,
+        data_cache,
+        *("--sections", "trial,sweep,report", "--trials", "2", "--workers", "1,2"),
+        *("--population", "2", "--report-runs", "5", "--sweep-repeats", "1"),
+    )
+    sweep = results["families"]["mlp"]["sweep"]
+    assert set(sweep["studylib"]) == {"1", "2"}
+    assert sweep["overhead_ms"] > 0 and sweep["population"]["size"] == 2
+    # The fixed part comes from its own one-epoch sweep; the target is judged on it.
+    assert sweep["fixed_overhead_ms"] > 0
+    # Populations in one process and in 2 workers, with a population for each worker.
+    assert sweep["population"]["trials"] == {"1": [2], "2": [4]}
+    assert results["targets"]["overhead_ms"]["value"] == sweep["fixed_overhead_ms"]
+    assert "MLflowCallback" in sweep["tutorial_how"] or "hand-written" in sweep["tutorial_how"]
+    assert results["report"]["runs"] == 5
+    assert results["targets"]["report_seconds"]["met"] is None  # not at the target scale
+    leaks = bench.leak_check(tmp_path / "leaks", data_cache, 2, 6)
+    assert leaks["rss_mb_late"] > 0 and leaks["trials_late"] == 6
