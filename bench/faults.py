@@ -540,6 +540,79 @@ def interruptions(folder: Path, kinds: tuple[str, ...] = ("SIGKILL", "SIGINT", "
     return [outcome for outcome, _, _ in pending]
 
 
+def population_kill(folder: Path, workers: int = 1, population: int = 3) -> Outcome:
+    """kill -9 of a process training a population mid-way (with `workers` > 1: one of the
+    worker processes, not the main one), then a resume: every killed member is failed and run
+    again with its parameters, the study ends at exactly its total, no MLflow run is left
+    RUNNING and nothing completed before the kill changes."""
+    where = "one process" if workers == 1 else f"one of {workers} worker processes"
+    outcome = Outcome(
+        f"kill -9 mid-population (--population {population}, {where}), then resume",
+        "killed members FAIL + runs KILLED; retried with same params; exact total; no run RUNNING",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    # Long enough that a worker process started beside the main one (seconds) gets a population.
+    total = 4 * population * workers
+    exp = write_experiment(folder, epochs=5 * MID_TRIAL_EPOCHS, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    extra = ["--population", str(population), "--workers", str(workers)]
+    proc = start(folder, sweep_argv(exp, *extra))
+
+    def members_mid_way():
+        trials = trials_of(storage)
+        if sum(t.state == TrialState.COMPLETE for t in trials) < population:
+            return None  # something completed first: something to lose
+        running = [
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING
+            and t.user_attrs.get(RUN_ID_ATTR)
+            and len(t.intermediate_values) >= 2
+        ]
+        owners = {t.user_attrs[OWNER_ATTR]["pid"] for t in running}
+        victims = [pid for pid in owners if workers == 1 or pid != proc.pid]
+        return (victims[0], running) if victims else None
+
+    pid, running = wait_until(members_mid_way, 300, "a population mid-way")
+    os.kill(pid, signal.SIGKILL)
+    killed = [t.number for t in running if t.user_attrs[OWNER_ATTR]["pid"] == pid]
+    code = proc.wait(300)
+    before = snapshot(storage, tracking)
+    resume = run(folder, sweep_argv(exp, *extra))
+    outcome.check(resume.wait() == 0, f"resume exited {resume.wait()}: {resume.stderr()[-300:]}")
+    trials = trials_of(storage)
+    by_number = {t.number: t for t in trials}
+    client = MlflowClient(tracking)
+    for number in killed:
+        trial = by_number[number]
+        outcome.check(trial.state == TrialState.FAIL, f"member {number} is {trial.state.name}")
+        outcome.check(
+            trial.user_attrs.get(FAILURE_ATTR) == "killed",
+            f"member {number}: failure {trial.user_attrs.get(FAILURE_ATTR)!r}",
+        )
+        run_ = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+        outcome.check(run_.info.status == "KILLED", f"member {number}: run {run_.info.status}")
+        retry = _retry_of(trials, number)
+        outcome.check(retry is not None, f"member {number} was not retried")
+        if retry is not None:
+            outcome.check(retry.params == trial.params, f"member {number}: retry params differ")
+            outcome.check(retry.state == TrialState.COMPLETE, f"retry is {retry.state.name}")
+    outcome.check(not [t for t in trials if t.state == TrialState.RUNNING], "trials RUNNING")
+    open_runs = [r for r in trial_runs(tracking) if r.info.status == "RUNNING"]
+    outcome.check(not open_runs, f"{len(open_runs)} MLflow runs left RUNNING")
+    done = counted(trials)
+    outcome.check(done == total, f"{done} of {total} trials")
+    gone = lost(before, snapshot(storage, tracking))
+    outcome.lost = len(gone) + max(0, total - done)
+    outcome.numbers.update(killed=killed, exit=code, done=done, completed_before=len(before))
+    outcome.observed = (
+        f"killed pid {pid} with members {killed} (command exit {code}); resume: each FAIL "
+        f"(killed), run KILLED, retried with same params; {done}/{total} trials; "
+        f"{len(open_runs)} runs RUNNING"
+    )
+    return outcome
+
+
 def diverging(folder: Path) -> Outcome:
     outcome = Outcome(
         "diverging training (L2 100..1000, SGD)",
@@ -890,6 +963,10 @@ def postgres_heartbeat(folder: Path) -> Outcome:
 
 SCENARIOS: dict[str, Callable[[Path], Outcome | list[Outcome]]] = {
     "interruptions": interruptions,
+    "population": lambda folder: [
+        population_kill(folder / "one", workers=1),
+        population_kill(folder / "two", workers=2, population=2),
+    ],
     "diverging": diverging,
     "workers": workers_together,
     "postgres": postgres_workers,

@@ -39,7 +39,7 @@ timeout 120 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # shellcheck disable=SC2206  # BENCH_ARGS: words meant to split
-bench=("$PYTHON" -m studylib.bench --quick --device "$DEVICE" $BENCH_ARGS)
+bench=("$PYTHON" -m bench.bench --quick --device "$DEVICE" $BENCH_ARGS)
 step 250 "MLP and CNN: trial, sweeps of 16 (workers 1,2,4; population 16), leaks" \
     "${bench[@]}" --families mlp,cnn --sections trial,sweep,leaks --trials 16 --workers 1,2,4 \
     --population 16 --out "$OUT/bench.json"

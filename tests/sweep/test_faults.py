@@ -27,6 +27,15 @@ def test_kill9_sigint_sigterm_mid_trial_then_resume(tmp_path):
     assert outcomes[0].numbers["completed_before"] >= 1  # there was something to lose
 
 
+@pytest.mark.parametrize(("workers", "population"), [(1, 3), (2, 2)])
+def test_kill9_mid_population_then_resume(tmp_path, workers, population):
+    """One claim protocol for populations too: a killed member is failed and run again."""
+    outcome = faults.population_kill(tmp_path, workers=workers, population=population)
+    assert outcome.ok, explain(outcome)
+    assert outcome.numbers["killed"] and outcome.numbers["completed_before"] >= population
+    assert outcome.numbers["done"] == 4 * workers * population
+
+
 def test_four_workers_started_together_on_fresh_files(tmp_path):
     outcome = faults.workers_together(tmp_path, n=4, total=8)
     assert outcome.ok, explain(outcome)
