@@ -132,7 +132,13 @@ def run_trial(
     on_epoch = trial_epoch_callback(run, exp, trial, progress)
     try:
         result = fit(
-            model, splits, exp.train, exp.seed, on_epoch=on_epoch, speed=speed, test_curve=test_curve
+            model,
+            splits,
+            exp.train,
+            exp.seed,
+            on_epoch=on_epoch,
+            speed=speed,
+            test_curve=test_curve,
         )
     except TrackingUnavailable:
         raise  # nothing more can be written; the sweep closes the Optuna trial
