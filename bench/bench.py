@@ -474,7 +474,7 @@ def synthetic_store(uri: str, artifact_root: Path, runs: int, epochs: int) -> tu
             history.append(metrics)
             run.log_epoch(epoch, metrics)
         best = int(np.argmin(val)) + 1
-        final = final_metrics(history, best, float(val[best - 1]), best)
+        final = final_metrics(history, best, best)
         final.update(test_loss=float(val[best - 1]), test_acc=float(1 - val[best - 1] / 3))
         run.finish("FINISHED", tags={STATUS_TAG: "early_stopped"}, metrics=final)
     parent.finish("FINISHED")

@@ -140,11 +140,21 @@ class TrainConfig(Frozen):
     batch_size: int = Field(100, ge=1)
     max_epochs: int = Field(100, ge=1)
     l1: float = Field(0.0, ge=0, description="L1 penalty: l1 * sum |w| over weight matrices")
+    l1_method: Literal["subgradient", "proximal"] = Field(
+        "subgradient",
+        description="subgradient: l1 * sign(w) added to the gradient; proximal: soft-threshold "
+        "after each step (lr * l1, preconditioned like Adam's step under Adam): exact zeros",
+    )
     l2: float = Field(0.0, ge=0, description="L2 penalty: l2 * sum w^2 over weight matrices")
     weight_decay: float = Field(
-        0.0, ge=0, lt=1, description="decoupled decay: w <- w - lr * weight_decay * w per step"
+        0.0, ge=0, description="decoupled decay: w <- w - lr * weight_decay * w per step"
     )
     early_stopping: bool = True
+    monitor: Literal["val_loss", "val_error"] = Field(
+        "val_loss",
+        description="what early stopping and the best epoch watch: validation loss, or "
+        "validation error = 1 - accuracy",
+    )
     stopping: Literal["patience", "gl", "pq", "up"] = Field(
         "patience", description="early-stopping rule: patience, or Prechelt's GL, PQ, UP"
     )
@@ -160,6 +170,21 @@ class TrainConfig(Frozen):
     grad_norms: bool = Field(
         False, description="log grad_norm/<layer>: each layer's gradient norm, epoch mean"
     )
+
+    @model_validator(mode="after")
+    def _decay_below_one_step(self) -> TrainConfig:
+        check_decay_step(self.lr, self.weight_decay, "lr", "weight_decay")
+        return self
+
+
+def check_decay_step(lr: float, weight_decay: float, lr_name: str, decay_name: str) -> None:
+    """Each step multiplies the weights by 1 - lr * weight_decay: it must stay above 0."""
+    if lr * weight_decay >= 1:
+        raise ValueError(
+            f"{decay_name} = {weight_decay:g} with {lr_name} = {lr:g}: lr * weight_decay = "
+            f"{lr * weight_decay:g}; allowed: below 1 (each step multiplies the weights by "
+            "1 - lr * weight_decay)"
+        )
 
 
 # Which config field each searchable hyperparameter sets.
@@ -238,7 +263,17 @@ class SweepConfig(Frozen):
 
 
 # The arms of an ablation: the baseline, each regularizer alone, and all of them together.
-ARMS = ("baseline", "dropout", "l1", "l2", "weight_decay", "early_stopping", "all")
+# Early stopping runs twice, watching validation loss and validation error (1 - accuracy).
+ARMS = (
+    "baseline",
+    "dropout",
+    "l1",
+    "l2",
+    "weight_decay",
+    "early_stopping",
+    "early_stopping_error",
+    "all",
+)
 # Which strength each arm turns on (early stopping's strength is its patience).
 ARM_KNOBS = {
     "dropout": ("dropout",),
@@ -246,7 +281,12 @@ ARM_KNOBS = {
     "l2": ("l2",),
     "weight_decay": ("weight_decay",),
     "early_stopping": ("patience",),
+    "early_stopping_error": ("patience",),
 }
+# What each early-stopping arm watches (`train.monitor`); `all` keeps the experiment's own.
+ARM_MONITOR = {"early_stopping": "val_loss", "early_stopping_error": "val_error"}
+# Arms that stop early: their patience is given in advance, never tuned (see AblationConfig).
+EARLY_STOPPING_ARMS = ("early_stopping", "early_stopping_error", "all")
 NUISANCE = ("lr",)
 
 
@@ -259,13 +299,19 @@ class StrengthConfig(Frozen):
     dropout: float | None = Field(None, gt=0, lt=1)
     l1: float | None = Field(None, gt=0)
     l2: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, gt=0, lt=1)
-    patience: int | None = Field(None, ge=1)
+    weight_decay: float | None = Field(None, gt=0, description="lr * weight_decay below 1")
+    patience: int | None = Field(
+        None, ge=1, description="given in advance when an arm stops early; never tuned"
+    )
+
+
+# The tuning seed when none is given: far from any evaluation seed a study would list.
+TUNING_SEED_OFFSET = 1000
 
 
 class AblationConfig(Frozen):
     seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
-        (0, 1, 2), min_length=1, description="every arm runs once per seed"
+        (0, 1, 2, 3, 4), min_length=1, description="every arm runs once per seed"
     )
     arms: tuple[Literal[ARMS], ...] = Field(ARMS, min_length=1)
     strength: StrengthConfig = StrengthConfig()
@@ -273,6 +319,17 @@ class AblationConfig(Frozen):
         default_factory=dict, description="tuned per arm so that every arm gets a fair chance"
     )
     tune_trials: int = Field(8, ge=1, description="Optuna trials per arm that needs tuning")
+    tuning_seed: int | None = Field(
+        None,
+        ge=0,
+        description="the seed arms are tuned on (its own split, init, batch order); never one "
+        "of `seeds`; default max(seeds) + 1000",
+    )
+    test_curves: bool = Field(
+        False,
+        description="arms also log test/loss and test/acc per epoch, read only after training "
+        "(early stopping's regret needs them)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AblationConfig:
@@ -280,7 +337,20 @@ class AblationConfig(Frozen):
             raise ValueError(f"seeds must differ, got {list(self.seeds)}")
         if len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must differ, got {list(self.arms)}")
+        if self.tuning_seed is not None and self.tuning_seed in self.seeds:
+            raise ValueError(
+                f"tuning_seed = {self.tuning_seed} is also an evaluation seed "
+                f"({list(self.seeds)}); allowed: a seed not in seeds (tuning on an evaluation "
+                "seed makes that seed's arm runs a best-of-N)"
+            )
         return self
+
+    @property
+    def tuning_seed_used(self) -> int:
+        """The seed arms are tuned on: `tuning_seed`, or max(seeds) + TUNING_SEED_OFFSET."""
+        if self.tuning_seed is not None:
+            return self.tuning_seed
+        return max(self.seeds) + TUNING_SEED_OFFSET
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -311,12 +381,38 @@ class Experiment(Frozen):
         if self.ablation is None:
             return self
         for arm in self.ablation.arms:
+            if arm in EARLY_STOPPING_ARMS and self.ablation.strength.patience is None:
+                raise ValueError(
+                    f"ablation.strength.patience is not given (arm {arm!r}); allowed: a whole "
+                    "number >= 1, given in advance: patience is never tuned in an ablation "
+                    "(tuned on validation loss, the longest patience always wins)"
+                )
             for knob in ARM_KNOBS.get(arm, ()):
                 if getattr(self.ablation.strength, knob) is None and knob not in self.sweep.search:
                     raise ValueError(
                         f"ablation.strength.{knob} is not given and there is no "
                         f"[sweep.search.{knob}] range to tune it from (arm {arm!r})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _decay_steps_below_one(self) -> Experiment:
+        # Each trial's config is validated again (TrainConfig), but a sweep or an ablation
+        # must fail here, before anything runs, not at the trial that samples the high end.
+        lrs = {"train.lr": self.train.lr}
+        decays = {"train.weight_decay": self.train.weight_decay}
+        if "lr" in self.sweep.search:
+            lrs["sweep.search.lr.high"] = self.sweep.search["lr"].high
+        if "weight_decay" in self.sweep.search:
+            decays["sweep.search.weight_decay.high"] = self.sweep.search["weight_decay"].high
+        if self.ablation is not None:
+            if "lr" in self.ablation.nuisance:
+                lrs["ablation.nuisance.lr.high"] = self.ablation.nuisance["lr"].high
+            if self.ablation.strength.weight_decay is not None:
+                decays["ablation.strength.weight_decay"] = self.ablation.strength.weight_decay
+        lr_name, lr = max(lrs.items(), key=lambda item: item[1])
+        decay_name, decay = max(decays.items(), key=lambda item: item[1])
+        check_decay_step(lr, decay, lr_name, decay_name)
         return self
 
     @model_validator(mode="after")

@@ -225,3 +225,54 @@ def test_model_that_is_not_a_table(tmp_path):
     # Found by hypothesis: the family union has no tag to read from a plain value.
     message = error_of(write(tmp_path, 'name = "t"\nmodel = false\n'))
     assert "model = False: expected a table with `arch`" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: decay per step, the tuning seed, patience given in advance, shipped seeds
+
+
+def test_weight_decay_is_bounded_by_lr_times_decay(tmp_path):
+    # lr 1e-3: a decay of 5 shrinks weights by 0.5 % a step, allowed; lr 0.1 with 10 is not.
+    assert load_experiment(write(tmp_path, GOOD + "weight_decay = 5.0\n")).train.weight_decay == 5
+    message = error_of(write(tmp_path, GOOD + "lr = 0.1\nweight_decay = 10.0\n"))
+    assert "weight_decay = 10 with lr = 0.1: lr * weight_decay = 1" in message
+    assert "allowed: below 1" in message
+    text = GOOD + "[sweep.search.weight_decay]\nlow = 1e-2\nhigh = 2000.0\nlog = true\n"
+    message = error_of(write(tmp_path, text))
+    assert "sweep.search.weight_decay.high = 2000 with train.lr = 0.001" in message
+    text = GOOD + "[ablation]\narms = ['weight_decay']\n[ablation.strength]\nweight_decay = 999.0\n"
+    text += "[ablation.nuisance.lr]\nlow = 1e-4\nhigh = 2e-3\n"
+    message = error_of(write(tmp_path, text))
+    assert "ablation.strength.weight_decay = 999 with ablation.nuisance.lr.high" in message
+
+
+def test_tuning_seed_is_never_an_evaluation_seed(tmp_path):
+    base = GOOD + "[ablation]\narms = ['baseline']\nseeds = [0, 1, 2, 3, 4]\n"
+    assert load_experiment(write(tmp_path, base)).ablation.tuning_seed_used == 1004
+    exp = load_experiment(write(tmp_path, base + "tuning_seed = 77\n"))
+    assert exp.ablation.tuning_seed_used == 77
+    message = error_of(write(tmp_path, base + "tuning_seed = 3\n"))
+    assert "ablation: tuning_seed = 3 is also an evaluation seed" in message
+
+
+def test_patience_in_an_ablation_is_given_not_tuned(tmp_path):
+    text = GOOD + "[sweep.search.patience]\nlow = 3\nhigh = 30\n[ablation]\n"
+    text += "arms = ['baseline', 'early_stopping']\n"
+    message = error_of(write(tmp_path, text))
+    assert "ablation.strength.patience is not given (arm 'early_stopping')" in message
+    assert "never tuned" in message
+    exp = load_experiment(write(tmp_path, text + "[ablation.strength]\npatience = 10\n"))
+    assert exp.ablation.strength.patience == 10
+
+
+def test_shipped_ablations_evaluate_on_five_seeds_or_more():
+    from studylib.config import load_experiments
+
+    found = 0
+    for path in sorted((REPO / "experiments").rglob("*.toml")):
+        for exp in load_experiments(path):
+            if exp.ablation is not None:
+                found += 1
+                assert len(exp.ablation.seeds) >= 5, exp.name
+                assert exp.ablation.tuning_seed_used not in exp.ablation.seeds
+    assert found >= 7  # default, depth (2), paper (4)

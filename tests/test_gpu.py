@@ -113,3 +113,26 @@ def test_two_workers_share_one_gpu(tiny, settings, monkeypatch):
     monkeypatch.setattr(workers, "machine_cores", lambda: max(2, cores))
     summary = run_sweep(tiny, replace(settings, device="cuda"), trials=4, workers=2)
     assert summary.trials_done == 4 and summary.trials_run == 4
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_proximal_l1_error_monitor_and_test_curve_on_the_gpu(exp, data_cache, full_fp32, optimizer):
+    """Issue 11's training pieces on CUDA: the proximal step reads Adam's state on the device,
+    the test curve buffer stays there until the end, and population members match."""
+    lr = 1e-2 if optimizer == "adam" else 2e-2
+    cfg = {"train.l1_method": "proximal", "train.l1": 1e-2, "train.optimizer": optimizer}
+    cfg |= {"train.lr": lr, "train.monitor": "val_error"}
+    member = exp.with_values(cfg)
+    splits = load_splits(exp.data, exp.seed, data_cache)
+    cpu = trained(member, splits)
+    cuda = splits.to(torch.device("cuda"))
+    torch.manual_seed(member.seed)
+    model = build_model(member.model, splits.input_shape, splits.num_classes).to("cuda")
+    gpu = fit(model, cuda, member.train, member.seed, test_curve=True)
+    assert len(gpu.test_curve) == gpu.stopped_epoch
+    assert gpu.final["kept_exact_zeros"] > 0.1
+    assert gpu.final["kept_exact_zeros"] == pytest.approx(cpu.final["kept_exact_zeros"], abs=0.02)
+    outcomes = fit_population([member, member.with_values({"train.l1": 3e-3})], cuda)
+    assert outcomes[0].result.final["kept_exact_zeros"] == pytest.approx(
+        gpu.final["kept_exact_zeros"], abs=1e-3
+    )

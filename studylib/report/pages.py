@@ -506,8 +506,8 @@ def arm_table(arms: pd.DataFrame) -> pd.DataFrame:
                 "test acc": str(mean_ci(mine["test_acc"])),
                 "val loss": str(mean_ci(mine["selected_val_loss"])),
                 "gap at best epoch": str(mean_ci(mine["best_gap_loss"])),
-                "weight norm": str(mean_ci(mine["final_l2_norm"])),
-                "sparsity": str(mean_ci(mine["final_sparsity"])),
+                "weight norm": str(mean_ci(mine["kept_l2_norm"])),
+                "sparsity": str(mean_ci(mine["kept_sparsity/1e-3"])),
                 "kept epoch": str(mean_ci(mine["selected_epoch"])),
             }
         )

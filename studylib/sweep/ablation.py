@@ -4,13 +4,23 @@ A sweep finds good settings; an ablation explains what each regularizer does. Fo
 tuning playbook, the experiment file labels its hyperparameters: the regularizer strengths are
 *scientific* (`[ablation.strength]`, each given or tuned), `[ablation.nuisance]` ranges are
 *nuisance* (tuned per arm, so no arm loses for want of a good learning rate), everything else is
-*fixed*. Tuning looks at validation loss on the first seed only; every arm then runs once per
-seed, and the seed fixes split, init and dropout masks, so arms compare paired by seed.
+*fixed*. Tuning looks at validation loss on the tuning seed (`[ablation] tuning_seed`: its own
+split, init and batch order, never an evaluation seed, so no arm run repeats a tuning trial and
+no arm's figures are a best-of-N); every arm then runs once per evaluation seed, and the seed
+fixes split, init and dropout masks, so arms compare paired by seed.
 
 Arms: `baseline` (no dropout, no penalty, no decay, no early stopping), `dropout`, `l1`, `l2`,
-`weight_decay`, `early_stopping` (each alone), and `all` (every regularizer at its arm's
-strength, plus early stopping; knobs no single arm settled are tuned jointly for `all`). Arms
-without early stopping keep their last epoch's weights.
+`weight_decay`, `early_stopping` (watching validation loss), `early_stopping_error` (watching
+validation error, 1 - accuracy) (each alone), and `all` (every regularizer at its arm's
+strength, plus early stopping on the experiment's `train.monitor`; knobs no single arm settled
+are tuned jointly for `all`). Arms without early stopping keep their last epoch's weights.
+
+Patience is given in advance (`[ablation.strength] patience`), never tuned: on the tuning seed's
+validation loss a longer patience can only keep an epoch as good or better (it sees a longer
+stretch of the same curve), so tuning it would pick the top of its range every time.
+
+With `[ablation] test_curves`, arm runs (not tuning runs) also log `test/loss` and `test/acc`
+per epoch, computed into a buffer that training reads only after it ends (train/loop.py).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import optuna
 
 from studylib.config import (
     ARM_KNOBS,
+    ARM_MONITOR,
     SEARCHABLE,
     Experiment,
     SearchRange,
@@ -41,6 +52,7 @@ from studylib.names import (
     STATUS_TAG,
     STRENGTHS_TAG,
     STUDY_TAG,
+    TUNING_SEED_TAG,
 )
 from studylib.sweep.space import suggest, switched_on
 from studylib.sweep.storage import make_storage
@@ -53,8 +65,8 @@ KNOB_OF_PATH = {path: name for name, path in SEARCHABLE.items()}
 
 
 def arm_knobs(arm: str) -> tuple[str, ...]:
-    if arm == "all":
-        return tuple(knob for knobs in ARM_KNOBS.values() for knob in knobs)
+    if arm == "all":  # every knob once (both early-stopping arms turn patience)
+        return tuple(dict.fromkeys(knob for knobs in ARM_KNOBS.values() for knob in knobs))
     return ARM_KNOBS.get(arm, ())
 
 
@@ -65,6 +77,8 @@ def arm_values(arm: str, strengths: dict[str, Any]) -> dict[str, Any]:
         values[SEARCHABLE[knob]] = strengths[knob]
         if knob == "patience":
             values["train.early_stopping"] = True
+    if arm in ARM_MONITOR:
+        values["train.monitor"] = ARM_MONITOR[arm]
     return values
 
 
@@ -92,19 +106,22 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
     tracker = open_tracker(exp, settings)
     key = ablation_key(exp)
     done = finished_arm_runs(tracker, key)
+    tuning_seed = plan.tuning_seed_used
     parent = tracker.start_run(
         f"ablation-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={
             ROLE_TAG: "ablation",
             STUDY_TAG: exp.name,
             KEY_TAG: key,
+            TUNING_SEED_TAG: str(tuning_seed),
             **environment_tags(),
             **group_tags(exp),
         },
     )
     parent.log_params(exp.flat())
     splits = {
-        seed: load_splits(exp.data, seed, settings.cache_dir).to(device) for seed in plan.seeds
+        seed: load_splits(exp.data, seed, settings.cache_dir).to(device)
+        for seed in (*plan.seeds, tuning_seed)
     }
     storage = make_storage(settings.storage)
 
@@ -149,6 +166,7 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
                     },
                     parent_id=parent.run_id,
                     progress=progress,
+                    test_curve=plan.test_curves,
                 )
                 ran += 1
                 final = outcome.result.final if outcome.result else {}
@@ -178,11 +196,11 @@ def tune_arm(
     parent_id: str,
     splits: dict,
 ) -> dict[str, Any]:
-    """Best config values for `space` on the first seed's validation loss (resumable)."""
+    """Best config values for `space` on the tuning seed's validation loss (resumable)."""
     if not space:
         return {}
     assert exp.ablation is not None
-    seed = exp.ablation.seeds[0]
+    seed = exp.ablation.tuning_seed_used
     study = optuna.create_study(
         study_name=f"{exp.name}.ablation.{arm}.{ablation_key(exp)}",
         storage=storage,

@@ -104,11 +104,13 @@ def run_trial(
     trial: optuna.Trial | None = None,
     progress: Progress | None = None,
     speed: Speed = DEFAULT_SPEED,
+    test_curve: bool = False,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
 
     With an Optuna `trial`, per-epoch validation loss is reported for pruning; a pruned trial
-    raises `optuna.TrialPruned` after its run is closed.
+    raises `optuna.TrialPruned` after its run is closed. `test_curve` (ablation arms): the run
+    also gets per-epoch `test/loss` and `test/acc`, logged once training has ended.
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
@@ -129,7 +131,15 @@ def run_trial(
     )
     on_epoch = trial_epoch_callback(run, exp, trial, progress)
     try:
-        result = fit(model, splits, exp.train, exp.seed, on_epoch=on_epoch, speed=speed)
+        result = fit(
+            model,
+            splits,
+            exp.train,
+            exp.seed,
+            on_epoch=on_epoch,
+            speed=speed,
+            test_curve=test_curve,
+        )
     except TrackingUnavailable:
         raise  # nothing more can be written; the sweep closes the Optuna trial
     except BaseException as exc:

@@ -86,6 +86,8 @@ def close_trial_run(
         run.closing(tags=closing)
         run.finish("FAILED")
         return
+    for epoch, figures in enumerate(result.test_curve, start=1):  # read after training ended
+        run.log_epoch(epoch, figures)
     run.log_files(
         json_files={"config.json": exp.model_dump(mode="json")},
         state_dicts={"model.pt": result.state_dict} if result.state_dict is not None else None,

@@ -4,13 +4,23 @@ Regularizers (lecture notes, "Weight regularization" and "Dropout layer"): the L
 penalties and decoupled weight decay (regularizers.py; decay is the rule of torch.optim.AdamW,
 applied the same way for every optimizer, so `weight_decay` never passes through Adam's moment
 estimates and stays distinct from the L2 penalty); dropout lives in the model; early stopping
-on validation loss restores the best weights (stopping.py). Gradients (lecture notes,
+on the monitored validation figure (`train.monitor`: loss, or error = 1 - accuracy) restores the
+best weights (stopping.py); L1 is a subgradient of the penalty or a proximal step
+(`train.l1_method`). Gradients (lecture notes,
 "Vanishing and Exploding gradients"): `grad_clip` rescales the gradient whenever its global
 norm exceeds the limit; `grad_norms` logs each layer's norm (gradients.py).
 
 What happens after each epoch (record the figures, find the best epoch, ask the stopping rule,
 end on divergence) is `EpochBook.step`: the one epoch step that `fit` and population training
 (population.py) share, so a population member ends exactly where its sequential trial would.
+What happens once training ends (the kept weights' test score, their norm and sparsity, and
+prune-and-evaluate) is `closing_figures`, also shared.
+
+Test data: scored once, on the kept weights, after training. An ablation arm may ask for a test
+curve too (`test_curve=True`): each epoch's test figures go into a device buffer (`TestCurve`)
+that nothing reads until training has ended; they never enter the epoch's metrics, so the epoch
+step, the stopping rule, `on_epoch` and Optuna cannot see them (tested by shuffling the test
+labels: every selection comes out identical).
 
 Speed: the data are tensors on the device; batches are index slices of a random permutation;
 per-epoch figures accumulate on the device and are read back once per epoch (one host sync);
@@ -35,9 +45,13 @@ from studylib.data import Splits
 from studylib.train.device import autocast_context
 from studylib.train.gradients import GradNorms
 from studylib.train.regularizers import (
+    PRUNE_THRESHOLDS,
     PenaltyMeter,
     add_penalty_gradients,
     decay_parameters,
+    kept_weight_names,
+    kept_weight_stats,
+    proximal_l1_step,
     weight_stats,
 )
 from studylib.train.stopping import StoppingRule, comparison_rules, make_rule, stop_epochs
@@ -59,6 +73,9 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)  # metrics of the kept weights
     state_dict: dict[str, torch.Tensor] | None = None
     seconds: float = 0.0  # wall time of `fit`, epoch callbacks included (0: not measured)
+    # Per epoch {"test/loss", "test/acc"}, epoch 1 first; only when asked for (`test_curve`),
+    # read from its buffer after training ended.
+    test_curve: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -126,14 +143,24 @@ class Ending:
     reason: str
 
 
+def monitored(metrics: dict[str, float], split: str, monitor: str) -> float:
+    """The figure early stopping watches on `split` ("train" or "val"): its loss, or its error
+    1 - accuracy (`train.monitor` = "val_loss" or "val_error")."""
+    if monitor == "val_error":
+        return 1.0 - metrics[f"{split}/acc"]
+    return metrics[f"{split}/loss"]
+
+
 class EpochBook:
     """One run's bookkeeping after each epoch, on the host: its history, best epoch, stopping
-    rule and how it ends. `fit` keeps one; population training keeps one per member."""
+    rule and how it ends. `fit` keeps one; population training keeps one per member.
+
+    The best epoch and the stopping rule watch the monitored figure (`monitored`)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.history: list[dict[str, float]] = []
-        self.best_loss = math.inf
+        self.best_value = math.inf  # of the monitored figure
         self.best_epoch = 0
         self.rule: StoppingRule = make_rule(
             cfg.stopping,
@@ -160,11 +187,12 @@ class EpochBook:
             return False, Ending("diverged", reason)
         self.history.append(metrics)
         keep = False
-        if val_loss < self.best_loss - self.cfg.min_delta:
-            self.best_loss, self.best_epoch = val_loss, epoch
+        watched = monitored(metrics, "val", self.cfg.monitor)
+        if watched < self.best_value - self.cfg.min_delta:
+            self.best_value, self.best_epoch = watched, epoch
             keep = self.cfg.early_stopping
             self.has_best_state = self.has_best_state or keep
-        should_stop = self.rule.update(train_loss, val_loss)
+        should_stop = self.rule.update(monitored(metrics, "train", self.cfg.monitor), watched)
         if self.cfg.early_stopping and should_stop:
             return keep, Ending(
                 "early_stopped", f"rule {self.rule.name} stopped after epoch {epoch}"
@@ -178,8 +206,9 @@ class EpochBook:
         """Whose weights are kept: the best epoch's with early stopping, else the last one's."""
         return self.best_epoch if self.cfg.early_stopping else len(self.history)
 
-    def result(self, ending: Ending, test: tuple[float, float] | None = None) -> TrainResult:
-        """The run's TrainResult; `test` (loss, accuracy) of the kept weights when not diverged."""
+    def result(self, ending: Ending, closing: dict[str, float] | None = None) -> TrainResult:
+        """The run's TrainResult; `closing` (`closing_figures` of the kept weights) when not
+        diverged."""
         result = TrainResult(
             history=self.history,
             best_epoch=self.best_epoch,
@@ -188,12 +217,65 @@ class EpochBook:
             status=ending.status,
             reason=ending.reason,
         )
-        if ending.status != "diverged" and test is not None:
+        if ending.status != "diverged" and closing is not None:
             result.final = final_metrics(
-                self.history, self.best_epoch, self.best_loss, self.selected_epoch, self.cfg
+                self.history, self.best_epoch, self.selected_epoch, self.cfg
             )
-            result.final.update(test_loss=test[0], test_acc=test[1])
+            result.final.update(closing)
         return result
+
+
+class TestCurve:
+    """Each epoch's test (loss, accuracy), kept on the device and read only after training.
+
+    `record` queues the figures into a preallocated buffer (no host sync); `read` is called
+    once training has ended. Nothing else holds the buffer: selection cannot see it.
+    """
+
+    def __init__(self, epochs: int, device: torch.device):
+        self._figures = torch.full((epochs, 2), math.nan, device=device)
+
+    def record(self, epoch: int, figures: torch.Tensor) -> None:
+        self._figures[epoch - 1] = figures
+
+    def read(self, epochs: int) -> list[dict[str, float]]:
+        rows = self._figures[:epochs].tolist()
+        return [{"test/loss": loss, "test/acc": acc} for loss, acc in rows]
+
+
+@torch.no_grad()
+def closing_figures(
+    model: nn.Module, weights: list[torch.Tensor], splits: Splits
+) -> dict[str, float]:
+    """The kept weights' closing figures, read back in one host sync:
+    - `test_loss`, `test_acc`: the test split, scored once;
+    - `kept_l2_norm`, `kept_exact_zeros`, `kept_sparsity/<t>`: the weight matrices' norm, share
+      of entries exactly 0, and share with |w| < t for t in PRUNE_THRESHOLDS;
+    - `pruned_test_loss/<t>`, `pruned_test_acc/<t>`: prune-and-evaluate, the test figures with
+      every weight-matrix entry |w| < t set to 0 (biases untouched).
+    `weights` are `model`'s weight matrices: pruned in place, then restored exactly.
+    Shared by `fit` and population training, so a member closes as its sequential trial does.
+    """
+    parts = [evaluate(model, splits.x_test, splits.y_test, splits.task)]
+    parts.append(kept_weight_stats(weights))
+    saved = [w.detach().clone() for w in weights]
+    # Smallest threshold first: each prunes a superset of what the one before pruned.
+    for threshold in sorted(PRUNE_THRESHOLDS.values()):
+        for w in weights:
+            w.masked_fill_(w.abs() < threshold, 0.0)
+        parts.append(evaluate(model, splits.x_test, splits.y_test, splits.task))
+    for w, kept in zip(weights, saved, strict=True):
+        w.copy_(kept)
+    values = torch.cat(parts).tolist()
+    figures = {"test_loss": values[0], "test_acc": values[1]}
+    stats = kept_weight_names()
+    figures.update(zip(stats, values[2 : 2 + len(stats)], strict=True))
+    pruned = values[2 + len(stats) :]
+    labels = sorted(PRUNE_THRESHOLDS, key=PRUNE_THRESHOLDS.__getitem__)
+    for index, label in enumerate(labels):
+        figures[f"pruned_test_loss/{label}"] = pruned[2 * index]
+        figures[f"pruned_test_acc/{label}"] = pruned[2 * index + 1]
+    return figures
 
 
 def fit(
@@ -203,12 +285,15 @@ def fit(
     seed: int,
     on_epoch: EpochCallback | None = None,
     speed: Speed = DEFAULT_SPEED,
+    test_curve: bool = False,
 ) -> TrainResult:
     """Train `model` (already on the splits' device) and score the kept weights on test once.
 
     `on_epoch(epoch, metrics)` sees each epoch's figures; it may raise (optuna.TrialPruned, say)
     to end training early, and the exception propagates after the loop stops.
     Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
+    `test_curve`: also score every epoch's weights on test, into `TrainResult.test_curve`, read
+    only once training has ended (ablation arms: early stopping's regret needs it).
     """
     started = time.perf_counter()
     device = splits.x_train.device
@@ -222,11 +307,14 @@ def fit(
     weights = decay_parameters(model)
     penalties = PenaltyMeter(weights, cfg.l1, cfg.l2)
     decay_factor = 1.0 - cfg.lr * cfg.weight_decay
+    proximal = cfg.l1 > 0 and cfg.l1_method == "proximal"
+    l1_gradient = 0.0 if proximal else cfg.l1  # the proximal step replaces the subgradient
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norms = GradNorms(model, device) if cfg.grad_norms else None
     n = len(splits.y_train)
     book = EpochBook(cfg)
     best_state = None
+    tests = TestCurve(cfg.max_epochs, device) if test_curve else None
 
     model.train()
     for epoch in range(1, cfg.max_epochs + 1):
@@ -240,7 +328,7 @@ def fit(
             loss.backward()
             if cfg.l1 or cfg.l2:
                 # The gradient of `loss + penalty(...)`, added outside autograd.
-                add_penalty_gradients(weights, cfg.l1, cfg.l2)
+                add_penalty_gradients(weights, l1_gradient, cfg.l2)
                 penalties.add(len(idx))
             if grad_norms is not None:
                 grad_norms.add()  # before clipping: the gradient the loss really has
@@ -250,12 +338,17 @@ def fit(
                 with torch.no_grad():
                     torch._foreach_mul_(weights, decay_factor)
             optimizer.step()
+            if proximal:
+                lr = optimizer.param_groups[0]["lr"]
+                proximal_l1_step(optimizer, weights, [lr * cfg.l1] * len(weights))
             objective_sum.add_(loss.detach(), alpha=len(idx))
 
         # One host sync per epoch: every figure is computed on the device, then read at once.
         with autocast:
             train_figures = evaluate(forward, splits.x_train, splits.y_train, splits.task)
             val_figures = evaluate(forward, splits.x_val, splits.y_val, splits.task)
+            if tests is not None:  # into the buffer: not part of this epoch's metrics
+                tests.record(epoch, evaluate(forward, splits.x_test, splits.y_test, splits.task))
         if cfg.l1 or cfg.l2:
             objective_sum += penalties.take()
         parts = [(objective_sum / n).reshape(1), train_figures, val_figures, weight_stats(weights)]
@@ -278,10 +371,12 @@ def fit(
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    # The only time the test split is touched: the kept weights, scored once.
+    # The kept weights, scored once on test (with a test curve: the buffer, read only now).
     with autocast:
-        test = evaluate(forward, splits.x_test, splits.y_test, splits.task).tolist()
-    result = book.result(ending, (test[0], test[1]))
+        closing = closing_figures(forward, weights, splits)
+    result = book.result(ending, closing)
+    if tests is not None:
+        result.test_curve = tests.read(len(book.history))
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     result.seconds = time.perf_counter() - started
     return result
@@ -290,38 +385,40 @@ def fit(
 def final_metrics(
     history: list[dict[str, float]],
     best_epoch: int,
-    best_loss: float,
     selected_epoch: int,
     cfg: TrainConfig | None = None,
 ) -> dict[str, float]:
-    """A run's closing figures from its history (test scores are added by the caller).
+    """A run's closing figures from its history (the kept weights' own figures,
+    `closing_figures`, are added by the caller).
 
     Shared by `fit` and population training, so a member logs exactly what a trial logs.
-    With `cfg`, also the epoch at which each stopping rule would have stopped on these curves
-    (`stop_epoch/<rule>`, 0: not within them).
+    `best_*`: the epoch of the best monitored figure. With `cfg`, also the epoch at which each
+    comparison rule would have stopped on the monitored curves (`stop_epoch/<rule>`, rules
+    named in stopping.COMPARISON_RULES; absent when it would not have stopped within them).
     """
     kept = history[selected_epoch - 1]
+    best = history[best_epoch - 1]
     would_stop: dict[str, int] = {}
     if cfg is not None:
         rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
         would_stop = stop_epochs(
-            [m["train/loss"] for m in history], [m["val/loss"] for m in history], rules
+            [monitored(m, "train", cfg.monitor) for m in history],
+            [monitored(m, "val", cfg.monitor) for m in history],
+            rules,
         )
     return {
         "best_epoch": best_epoch,
         "stopped_epoch": len(history),
         "selected_epoch": selected_epoch,
-        "best_val_loss": best_loss,
-        "best_val_acc": history[best_epoch - 1]["val/acc"],
+        "best_val_loss": best["val/loss"],
+        "best_val_acc": best["val/acc"],
         "selected_val_loss": kept["val/loss"],
         "selected_val_acc": kept["val/acc"],
         "selected_train_loss": kept["train/loss"],
         "selected_train_acc": kept["train/acc"],
         "gap_loss": kept["gap/loss"],
         "gap_acc": kept["gap/acc"],
-        "best_gap_loss": history[best_epoch - 1]["gap/loss"],
-        "best_gap_acc": history[best_epoch - 1]["gap/acc"],
-        "final_l2_norm": history[-1]["weights/l2_norm"],
-        "final_sparsity": history[-1]["weights/sparsity"],
+        "best_gap_loss": best["gap/loss"],
+        "best_gap_acc": best["gap/acc"],
         **{f"stop_epoch/{name}": epoch for name, epoch in would_stop.items()},
     }

@@ -7,9 +7,11 @@ P small matmuls into one batched matmul per layer, with one optimizer kernel for
 
 What each member keeps of its own, exactly as a sequential trial would have it:
 - its dropout rate (each `nn.Dropout` becomes `MemberDropout`, whose rate is a stacked buffer),
-  its L1 and L2 strengths, its decoupled weight decay, its early-stopping rule and on/off switch;
-- its history, best epoch, kept weights and test score, through the same epoch step as a
-  sequential trial (`loop.EpochBook`);
+  its L1 and L2 strengths, its decoupled weight decay, its early-stopping rule, monitored figure
+  and on/off switch;
+- its history, best epoch, kept weights and closing figures (test score, kept-weight statistics,
+  prune-and-evaluate), through the same epoch step and closing as a sequential trial
+  (`loop.EpochBook`, `loop.closing_figures`);
 - its epoch callback, which may end it alone (the sweep's: MLflow curve, Optuna pruning).
 Members that stop are taken out of the stacked tensors (and of the optimizer's state), so the
 population shrinks and the survivors train on at the same per-member arithmetic. With
@@ -18,7 +20,9 @@ N populations share the card.
 
 What members share (checked, else a one-line ConfigError): the architecture, the data and
 seed (so the same initial weights and the same batch order, as sequential trials of one study
-have), the optimizer, learning rate, momentum, batch size and epoch budget.
+have), the optimizer, learning rate, momentum, batch size, epoch budget and L1 method (with
+`l1_method = "proximal"` each member's soft threshold is its own lr * l1, preconditioned by its
+own slice of Adam's second moment, exactly as `fit` does it).
 
 Equality with sequential training: every member's update is the same arithmetic as its
 sequential trial's, so with dropout 0 the curves agree to float rounding (tested). With
@@ -29,7 +33,8 @@ distribution, different draws, so curves with dropout agree only statistically.
 
 Not supported (refused before training, with the reason): a searched learning rate or
 optimizer setting, BatchNorm running statistics, dropout other than `nn.Dropout`, and any
-model `vmap` cannot map (checked by a dry run).
+model `vmap` cannot map (checked by a dry run). Test curves (`fit(test_curve=True)`) are for
+ablation arms, which train sequentially: population training does not record them.
 """
 
 from __future__ import annotations
@@ -51,11 +56,11 @@ from studylib.train.loop import (
     EpochBook,
     EpochCallback,
     TrainResult,
+    closing_figures,
     epoch_metrics,
-    evaluate,
     make_optimizer,
 )
-from studylib.train.regularizers import SPARSITY_THRESHOLD
+from studylib.train.regularizers import SPARSITY_THRESHOLD, proximal_l1_step
 
 # Per member: what a sweep may vary (dropout lives in the model config). Every other training
 # setting shapes the batches or the optimizer, so members share it.
@@ -64,6 +69,7 @@ MEMBER_TRAIN_FIELDS = (
     "l2",
     "weight_decay",
     "early_stopping",
+    "monitor",
     "stopping",
     "patience",
     "min_delta",
@@ -172,6 +178,9 @@ class Population:
         self.forward = torch.vmap(self._member_forward, in_dims=(0, 0, None), randomness="same")
         self.l1 = self._per_member([e.train.l1 for e in exps], device)
         self.l2 = self._per_member([e.train.l2 for e in exps], device)
+        self.proximal = self.cfg.l1_method == "proximal"
+        # lr * l1 per member, multiplied on the host as `fit` multiplies it (same rounding).
+        self.l1_step = self._per_member([e.train.lr * e.train.l1 for e in exps], device)
         decay = [1.0 - e.train.lr * e.train.weight_decay for e in exps]
         self.decay = self._per_member(decay, device)
         self.optimizer = make_optimizer(self.cfg, list(self.params.values()))
@@ -218,7 +227,8 @@ class Population:
                 w.grad = torch.zeros_like(w)
             per_member = [-1, *[1] * (w.ndim - 1)]
             if self.any_l1:
-                w.grad.add_(w.sign() * self.l1.view(per_member))
+                if not self.proximal:  # else the proximal step after the optimizer's
+                    w.grad.add_(w.sign() * self.l1.view(per_member))
                 total += self.l1 * w.abs().flatten(1).sum(1)
             if self.any_l2:
                 w.grad.add_(w * (2 * self.l2).view(per_member))
@@ -241,6 +251,10 @@ class Population:
                 for w in self.weights():
                     w.mul_(self.decay.view(-1, *[1] * (w.ndim - 1)))
         self.optimizer.step()
+        if self.proximal and self.any_l1:
+            weights = self.weights()
+            scaled = [self.l1_step.view(-1, *[1] * (w.ndim - 1)) for w in weights]
+            proximal_l1_step(self.optimizer, weights, scaled)
         return objective
 
     @torch.inference_mode()
@@ -284,14 +298,13 @@ class Population:
     def buffers_of(self, slot: int) -> dict[str, torch.Tensor]:
         return {k: b[slot] for k, b in self.buffers.items()}
 
-    def score(self, slot: int, best: bool, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        """[loss, accuracy] of one member's weights on (x, y): the test split, scored once.
-
-        Through `train.evaluate`, the very function that scores a sequential trial.
-        """
+    def closing(self, slot: int, best: bool, splits: Splits) -> dict[str, float]:
+        """One member's closing figures (test score, kept-weight statistics, prune-and-evaluate)
+        through `loop.closing_figures`, the very function that closes a sequential trial."""
         source = self.best if best else self.params
-        member = _Member(self.base, {k: v[slot] for k, v in source.items()}, self.buffers_of(slot))
-        return evaluate(member, x, y).tolist()
+        params = {k: v[slot].detach().clone() for k, v in source.items()}
+        member = _Member(self.base, params, self.buffers_of(slot))
+        return closing_figures(member, [params[k] for k in self.weight_names], splits)
 
     def keep_only(self, slots: list[int]) -> None:
         """Drop every member not in `slots` from the tensors and the optimizer's state."""
@@ -302,8 +315,8 @@ class Population:
         }
         self.buffers = {k: b.index_select(0, index) for k, b in self.buffers.items()}
         self.best = {k: b.index_select(0, index) for k, b in self.best.items()}
-        self.l1, self.l2, self.decay = (
-            t.index_select(0, index) for t in (self.l1, self.l2, self.decay)
+        self.l1, self.l2, self.decay, self.l1_step = (
+            t.index_select(0, index) for t in (self.l1, self.l2, self.decay, self.l1_step)
         )
         self._note_regularizers()
         self.optimizer = make_optimizer(self.cfg, list(self.params.values()))
@@ -402,8 +415,7 @@ def _result(
     if ending.status == "diverged":
         return book.result(ending)
     best = book.has_best_state
-    test = population.score(slot, best, splits.x_test, splits.y_test)
-    result = book.result(ending, (test[0], test[1]))
+    result = book.result(ending, population.closing(slot, best, splits))
     result.state_dict = {k: v.cpu() for k, v in population.member_state(slot, best).items()}
     return result
 

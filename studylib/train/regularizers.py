@@ -2,8 +2,17 @@
 
 - L1 penalty  l1 * sum |w|    and  L2 penalty  l2 * sum w^2,  added to the loss (their gradient
   is added outside autograd, `add_penalty_gradients`);
+- L1 as a proximal step instead (`train.l1_method = "proximal"`, `proximal_l1_step`): after the
+  optimizer's step, soft-thresholding w <- sign(w) max(|w| - tau, 0). The subgradient l1 sign(w)
+  makes a weight oscillate around 0 and almost never land on it; the proximal step sets every
+  weight that the step would carry across 0 to exactly 0, and keeps it there while the loss's
+  own pull stays weaker than l1. tau is the step the optimizer would take on the penalty: SGD
+  (ISTA) tau = lr * l1; Adam and AdamW tau = lr * l1 / (sqrt(v_hat) + eps), preconditioned like
+  Adam's step, with v_hat its bias-corrected second moment (a weight at 0 then stays at 0 while
+  |m_hat| <= l1, the optimality condition of the L1 problem in Adam's metric);
 - decoupled weight decay  w <- w - lr * weight_decay * w,  applied by the loop before each step;
-- weight statistics (norm, sparsity) that show what they did.
+- weight statistics (norm, sparsity) that show what they did, per epoch and of the kept weights,
+  and prune-and-evaluate: the kept weights with every |w| below a threshold set to 0.
 They act on weight matrices and kernels only (parameters with two or more dimensions): biases
 and normalization scales are left alone, as is customary, because they do not scale a unit's
 input and shrinking them does not simplify the function.
@@ -15,6 +24,10 @@ import torch
 from torch import nn
 
 SPARSITY_THRESHOLD = 1e-3  # |w| below this counts as zero in `weights/sparsity`
+# Thresholds of the kept weights' sparsity (`kept_sparsity/<label>`) and of prune-and-evaluate
+# (`pruned_test_acc/<label>`), largest first. The per-epoch 1e-3 is the Adam step size at the
+# default learning rate: below it a weight is not told apart from one oscillating around 0.
+PRUNE_THRESHOLDS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5, "1e-6": 1e-6}
 
 
 def decay_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -78,6 +91,56 @@ class PenaltyMeter:
         total = self.l1 * l1_sum + self.l2 * l2_sum
         torch._foreach_zero_(self.l1_sums + self.l2_sums)
         return total
+
+
+@torch.no_grad()
+def proximal_l1_step(
+    optimizer: torch.optim.Optimizer,
+    weights: list[torch.Tensor],
+    scaled: list[float | torch.Tensor],
+) -> None:
+    """Soft-threshold each weight after `optimizer.step()`: w <- w - clamp(w, -tau, tau).
+
+    `scaled[i]` is lr * l1 for weights[i]: a number, or a tensor that broadcasts against it
+    (population training: one value per member). SGD: tau = lr * l1 (ISTA). Adam / AdamW:
+    tau = lr * l1 / (sqrt(v / (1 - beta2^t)) + eps), from the optimizer's public state
+    (`exp_avg_sq`, `step`), the denominator of Adam's own step. A weight within tau of 0
+    becomes exactly 0 (w - w).
+    """
+    group = optimizer.param_groups[0]
+    adam = "betas" in group
+    for w, scale in zip(weights, scaled, strict=True):
+        # As a tensor, so that `fit` and population training round alike; filled on the
+        # device (a tensor made from a host number is a copy: on CUDA, a host sync per step).
+        tau = scale if torch.is_tensor(scale) else w.new_full((), scale)
+        if not adam and group["momentum"]:
+            tau = tau / (1 - group["momentum"])
+        if adam:
+            state = optimizer.state.get(w)
+            if not state:  # not stepped yet (no gradient reached it): nothing to precondition
+                continue
+            step = torch.as_tensor(state["step"], dtype=w.dtype, device=w.device)
+            correction = (1 - group["betas"][1] ** step).sqrt()
+            tau = tau / (state["exp_avg_sq"].sqrt() / correction + group["eps"])
+        w.sub_(torch.clamp(w, -tau, tau))
+
+
+@torch.no_grad()
+def kept_weight_stats(weights: list[torch.Tensor]) -> torch.Tensor:
+    """(global L2 norm, share of entries exactly 0, share with |w| below each PRUNE_THRESHOLDS
+    value) of these weights, as one device tensor: what the kept weights look like."""
+    flat = torch.cat([w.detach().reshape(-1) for w in weights])
+    size = flat.abs()
+    shares = [(flat == 0).float().mean()]
+    shares += [(size < t).float().mean() for t in PRUNE_THRESHOLDS.values()]
+    return torch.stack([torch.linalg.vector_norm(flat), *shares])
+
+
+def kept_weight_names() -> list[str]:
+    """The final metric names of `kept_weight_stats`, in its order."""
+    return ["kept_l2_norm", "kept_exact_zeros"] + [
+        f"kept_sparsity/{label}" for label in PRUNE_THRESHOLDS
+    ]
 
 
 @torch.no_grad()

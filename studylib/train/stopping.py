@@ -10,8 +10,21 @@ E_opt(t) = min over t' <= t of E_va(t'), and E_tr the training error:
   E_va(t) > E_va(t - k), and UP_{s-1} stopped after epoch t - k (UP_1: just the first part).
 - patience (the Keras / Lightning rule): stop after `patience` epochs without an improvement
   larger than min_delta.
-Every rule keeps the best validation epoch's weights; only *when* to stop differs. Errors here are
-losses (cross-entropy), since that is what the study stops on.
+Every rule keeps the best validation epoch's weights; only *when* to stop differs. "Error" here is
+the monitored quantity (`train.monitor`): the cross-entropy loss (default), or the error rate
+1 - accuracy, on the validation split for E_va and the training split for E_tr.
+
+The error rate reaches 0 once the net memorizes its training split, and P_k divides by the
+strip's minimum. P_k is then defined by its limits: a strip whose training errors are all 0 has
+P_k = 0 (no progress is left to make, as for any constant strip), so PQ stops at the first
+strip end with GL > 0; a strip that reaches 0 from above has P_k = +inf (the most progress
+there can be), so PQ does not stop at that strip end. A validation error whose best is 0 gives
+GL = 0 while it stays 0 and +inf once it rises (any rise from perfect is an infinite relative
+loss).
+
+Comparison: every run also records when each rule of `comparison_rules` would have stopped on
+its curves (`stop_epochs`), under fixed names (`patience`, `gl1`, `gl5`, `pq0.5`, `pq2`, `up2`,
+`up3`); a rule that would not have stopped within the run is absent.
 """
 
 from __future__ import annotations
@@ -70,6 +83,8 @@ class ProgressQuotient(StoppingRule):
             return False
         progress = training_progress(self._train[-self.strip :])
         gl = generalization_loss(val_loss, self._best)
+        if math.isinf(progress):
+            return False  # the strip reached zero training error: still progressing
         if progress <= 0:
             return gl > 0  # training has stalled completely: any generalization loss stops
         return gl / progress > self.alpha
@@ -98,9 +113,13 @@ def generalization_loss(val_loss: float, best_val_loss: float) -> float:
     return 100.0 * (val_loss / best_val_loss - 1.0)
 
 
-def training_progress(strip_losses: list[float]) -> float:
-    k = len(strip_losses)
-    return 1000.0 * (sum(strip_losses) / (k * min(strip_losses)) - 1.0)
+def training_progress(strip_errors: list[float]) -> float:
+    """P_k = 1000 * (mean / min - 1) over the strip; with a minimum of 0 (a memorized training
+    split, error monitor): 0 when every error is 0, +inf when the strip reached 0 from above."""
+    k, lowest = len(strip_errors), min(strip_errors)
+    if lowest <= 0:
+        return 0.0 if max(strip_errors) <= 0 else math.inf
+    return 1000.0 * (sum(strip_errors) / (k * lowest) - 1.0)
 
 
 def make_rule(
@@ -124,24 +143,30 @@ def make_rule(
     raise ValueError(f"unknown stopping rule {kind!r}")
 
 
+# The names under which every run records when each comparison rule would have stopped
+# (`stop_epoch/<name>`). Fixed names: the run's own patience is a param, not part of a key.
+COMPARISON_RULES = ("patience", "gl1", "gl5", "pq0.5", "pq2", "up2", "up3")
+
+
 def comparison_rules(patience: int, min_delta: float, strip: int) -> list[StoppingRule]:
-    """The rules every run is scored against after the fact (Prechelt's mid-range settings)."""
+    """The rules every run is scored against after the fact (Prechelt's mid-range settings;
+    patience with the run's own `patience` and `min_delta`), named as in COMPARISON_RULES."""
     return [
-        make_rule("patience", patience=patience, min_delta=min_delta),
-        make_rule("gl", gl_alpha=1.0),
-        make_rule("gl", gl_alpha=5.0),
-        make_rule("pq", pq_alpha=0.5, strip=strip),
-        make_rule("pq", pq_alpha=2.0, strip=strip),
-        make_rule("up", up_strips=2, strip=strip),
-        make_rule("up", up_strips=3, strip=strip),
+        Patience("patience", patience=patience, min_delta=min_delta),
+        GeneralizationLoss("gl1", alpha=1.0),
+        GeneralizationLoss("gl5", alpha=5.0),
+        ProgressQuotient("pq0.5", alpha=0.5, strip=strip),
+        ProgressQuotient("pq2", alpha=2.0, strip=strip),
+        UpStrips("up2", strips=2, strip=strip),
+        UpStrips("up3", strips=3, strip=strip),
     ]
 
 
 def stop_epochs(train: list[float], val: list[float], rules: list[StoppingRule]) -> dict[str, int]:
-    """The epoch (1-based) at which each rule would have stopped on these curves; 0 if never."""
+    """The epoch (1-based) at which each rule would have stopped on these curves; a rule that
+    would not have stopped within them is left out (never 0: absent means "never")."""
     out = {}
     for rule in rules:
-        out[rule.name] = 0
         for epoch, (tr, va) in enumerate(zip(train, val, strict=True), start=1):
             if rule.update(tr, va):
                 out[rule.name] = epoch

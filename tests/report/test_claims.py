@@ -81,15 +81,15 @@ def test_check_claims_covers_every_claim_and_ignores_unfinished_runs():
                     "seed": seed,
                     "run_id": f"{arm}-{seed}",
                     "status": "completed",
-                    "final_sparsity": 0.5 if arm == "l1" else 0.01 + 0.001 * seed,
-                    "final_l2_norm": 10.0 if arm == "baseline" else 5.0 + seed * 0.1,
+                    "kept_sparsity/1e-3": 0.5 if arm == "l1" else 0.01 + 0.001 * seed,
+                    "kept_l2_norm": 10.0 if arm == "baseline" else 5.0 + seed * 0.1,
                     "gap_loss": 2.0 if arm == "baseline" else 0.5 + seed * 0.01,
                     "test_loss": 3.0 if arm == "baseline" else 1.0 + seed * 0.01,
                     "selected_epoch": 2 if arm == "early_stopping" else 5,
                 }
             )
     rows.append(
-        {"arm": "l1", "seed": 3, "run_id": "x", "status": "diverged", "final_sparsity": -100.0}
+        {"arm": "l1", "seed": 3, "run_id": "x", "status": "diverged", "kept_sparsity/1e-3": -100.0}
     )
     curves = pd.concat([curves_for(f"baseline-{s}", [1.0, 0.5, 0.7, 0.9, 1.2]) for s in SEEDS])
     table = check_claims(pd.DataFrame(rows), curves)

@@ -26,10 +26,18 @@ def test_arm_values_switch_on_one_regularizer_at_a_time():
         **base,
         "train.patience": 7,
         "train.early_stopping": True,
+        "train.monitor": "val_loss",
+    }
+    assert arm_values("early_stopping_error", strengths) == {
+        **base,
+        "train.patience": 7,
+        "train.early_stopping": True,
+        "train.monitor": "val_error",
     }
     every = arm_values("all", strengths)
     assert every["model.dropout"] == 0.3 and every["train.l2"] == 1e-3
     assert every["train.early_stopping"] is True and every["train.patience"] == 7
+    assert "train.monitor" not in every  # `all` keeps the experiment's own monitor
 
 
 def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
@@ -53,6 +61,17 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     assert by_cell[("all", "1")].data.params["train.l2"] == str(summary.strengths["l2"])
     tunes = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'tune'")
     assert {r.data.tags["studylib.arm"] for r in tunes} == {"l2"} and len(tunes) == 2
+    # Tuned on its own seed (split, init, batch order), never an evaluation seed, and named.
+    assert {r.data.tags["studylib.seed"] for r in tunes} == {"1001"}
+    assert {r.data.params["seed"] for r in tunes} == {"1001"}
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'ablation'")
+    assert parent.data.tags["studylib.tuning_seed"] == "1001"
+    stopping = by_cell[("early_stopping_error", "0")].data
+    assert stopping.params["train.monitor"] == "val_error"
+    assert by_cell[("early_stopping", "0")].data.params["train.monitor"] == "val_loss"
+    for run in runs:  # kept-weight statistics, prune-and-evaluate; no test curve unless asked
+        assert {"kept_l2_norm", "kept_exact_zeros", "pruned_test_acc/1e-3"} <= set(run.data.metrics)
+        assert "test/acc" not in run.data.metrics
 
     again = run_ablation(tiny_ablation, settings)
     assert again.runs_done == 0 and again.runs_skipped == len(ARMS) * 2
@@ -82,13 +101,41 @@ def test_all_arm_tunes_its_knobs_jointly_without_single_arms(tiny, settings, tmp
     raw = tiny.model_dump()
     raw["sweep"]["trials"] = 0  # ranges only: no Optuna search
     raw["sweep"]["search"]["weight_decay"] = {"low": 1e-3, "high": 1e-1, "log": True}
-    raw["ablation"] = {"seeds": [3], "arms": ["baseline", "all"], "tune_trials": 2}
+    raw["ablation"] = {
+        "seeds": [3],
+        "arms": ["baseline", "all"],
+        "tune_trials": 2,
+        "strength": {"patience": 2},  # given in advance: patience is never tuned
+    }
     raw["reference"] = {"test_acc": 0.5, "source": "a made-up paper"}
     exp = Experiment.model_validate(raw)
     summary = run_ablation(exp, settings)
     assert summary.runs_done == 2
     assert set(summary.strengths) == {"dropout", "l1", "l2", "weight_decay", "patience"}
-    assert summary.strengths["l1"] > 0 and 1 <= summary.strengths["patience"] <= 3
+    assert summary.strengths["l1"] > 0 and summary.strengths["patience"] == 2
     index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "r")
     board = (index.parent / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
     assert "published test acc" in board and "0.5000" in board
+
+
+def test_arms_log_a_test_curve_when_asked_and_tuning_runs_do_not(tiny_ablation, settings):
+    exp = tiny_ablation.with_values(
+        {"ablation.arms": ["baseline", "l2"], "ablation.seeds": [0], "ablation.test_curves": True}
+    )
+    run_ablation(exp, settings)
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    arms = client.search_runs([experiment.experiment_id], "tags.`studylib.role` = 'arm'")
+    assert len(arms) == 2
+    for run in arms:
+        stopped = int(run.data.metrics["stopped_epoch"])
+        for key in ("test/loss", "test/acc"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+                range(1, stopped + 1)
+            )
+        kept = int(run.data.metrics["selected_epoch"])
+        at_kept = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test/acc")}
+        assert at_kept[kept] == run.data.metrics["test_acc"]
+    tunes = client.search_runs([experiment.experiment_id], "tags.`studylib.role` = 'tune'")
+    assert tunes and all("test/acc" not in r.data.metrics for r in tunes)

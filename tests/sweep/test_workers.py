@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import time
 
 import optuna
 import pytest
@@ -11,6 +14,7 @@ from conftest import local_settings
 from mlflow import MlflowClient
 
 from studylib.errors import ConfigError
+from studylib.names import OWNER_ATTR
 from studylib.sweep import run_sweep, workers
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials
@@ -104,3 +108,47 @@ def test_a_worker_that_starts_after_the_study_is_claimed_opens_nothing(tiny, tmp
     # No storage, tracking database or artifact folder opened, no trial run, no threads changed.
     assert list(tmp_path.iterdir()) == [] and ran.value == 0
     assert torch.get_num_threads() == threads
+
+
+def test_one_and_two_workers_run_the_same_study(
+    tiny, tmp_path, data_cache, mlflow_template, monkeypatch
+):
+    """Every process opens the study through `open_study`: the experiment's pruner (here: off)
+    and sampler seed rule. With the pruner off no trial is pruned in either mode, and TPE's
+    random start-up trials (the first 10) get the same parameters, and so the same values."""
+    monkeypatch.setattr(workers, "machine_cores", lambda: 2)
+    real_loop = workers.trial_loop
+
+    def after_a_worker_claimed(share, population, should_stop):
+        # The main process waits for the second worker's first claim, so both run trials
+        # however slowly the worker starts (the old bug showed only in a worker's trials).
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            owners = [t.user_attrs.get(OWNER_ATTR) or {} for t in share.study.get_trials()]
+            if any(owner.get("pid") not in (None, os.getpid()) for owner in owners):
+                break
+            time.sleep(0.2)
+        real_loop(share, population, should_stop)
+
+    exp = tiny.with_values({"train.max_epochs": 6, "sweep.pruner.enabled": False})
+    studies = {}
+    for count in (1, 2):
+        root = tmp_path / f"workers-{count}"
+        root.mkdir()
+        shutil.copyfile(mlflow_template, root / "mlflow.db")
+        settings = local_settings(root, data_cache)
+        if count == 2:
+            monkeypatch.setattr(workers, "trial_loop", after_a_worker_claimed)
+        assert run_sweep(exp, settings, trials=10, workers=count).trials_done == 10
+        study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
+        studies[count] = {t.number: t for t in study.trials}
+    pids = {t.user_attrs[OWNER_ATTR]["pid"] for t in studies[2].values()}
+    assert len(pids) == 2  # both processes ran trials
+    for count, trials in studies.items():
+        assert sorted(trials) == list(range(10))
+        states = {t.state for t in trials.values()}
+        assert states == {optuna.trial.TrialState.COMPLETE}, (count, states)
+    for number in range(10):  # all inside TPE's random start-up (n_startup_trials = 10)
+        one, two = studies[1][number], studies[2][number]
+        assert one.params == two.params, number
+        assert one.value == pytest.approx(two.value, rel=1e-6), number  # 1 torch thread each

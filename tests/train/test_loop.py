@@ -307,3 +307,240 @@ def test_default_gradient_groups_follow_module_paths():
         "norm",
         "head",
     ]
+
+
+def scripted_figures(monkeypatch, splits: Splits, figures: list[tuple[float, float]]) -> None:
+    """Validation (loss, accuracy) per epoch as given; other splits evaluated for real."""
+    real = train_module.evaluate
+    queue = iter(figures)
+
+    def fake(model, x, y, *task):
+        if x is splits.x_val:
+            return torch.tensor(next(queue))
+        return real(model, x, y, *task)
+
+    monkeypatch.setattr(train_module, "evaluate", fake)
+
+
+def test_error_monitor_keeps_the_epoch_of_best_validation_accuracy(monkeypatch, splits):
+    # Validation loss falls to the end; validation accuracy peaks at epoch 2.
+    figures = [(1.0, 0.50), (0.9, 0.70), (0.8, 0.65), (0.7, 0.66), (0.6, 0.60)]
+    base = dict(max_epochs=5, patience=2, lr=1e-2, batch_size=50)
+    scripted_figures(monkeypatch, splits, figures)
+    by_error = fit(mlp(), splits, TrainConfig(**base, monitor="val_error"), seed=0)
+    # Error 0.30 at 2; 0.35, 0.34 do not improve: stop after epoch 4, keep epoch 2.
+    assert (by_error.best_epoch, by_error.stopped_epoch, by_error.selected_epoch) == (2, 4, 2)
+    assert by_error.final["best_val_acc"] == pytest.approx(0.70)
+    assert by_error.final["best_val_loss"] == pytest.approx(0.9)
+    scripted_figures(monkeypatch, splits, figures)
+    by_loss = fit(mlp(), splits, TrainConfig(**base), seed=0)
+    assert (by_loss.best_epoch, by_loss.stopped_epoch) == (5, 5)
+    # The comparison rules watch the monitored figure too: GL1 on error stops at epoch 3
+    # (0.35 / 0.30 - 1 = 16.7 %); on loss it never stops (the loss only falls).
+    assert by_error.final["stop_epoch/gl1"] == 3
+    assert "stop_epoch/gl1" not in by_loss.final
+
+
+def test_stop_epoch_keys_name_rules_not_values(monkeypatch, splits):
+    scripted_validation(monkeypatch, splits, [1.0, 0.8, 0.7, 0.72, 0.75, 0.8, 0.9, 0.95])
+    cfg = TrainConfig(max_epochs=8, patience=18, early_stopping=False, lr=1e-2, batch_size=50)
+    result = fit(mlp(), splits, cfg, seed=0)
+    rules = {k for k in result.final if k.startswith("stop_epoch/")}
+    # Patience 18 never stops within 8 epochs: absent, not 0, and never "patience18".
+    assert "stop_epoch/patience" not in rules and not any("18" in k for k in rules)
+    assert rules <= {f"stop_epoch/{name}" for name in stopping_names()}
+    assert result.final["stop_epoch/gl5"] == 5 and 0 not in [result.final[k] for k in rules]
+
+
+def stopping_names():
+    from studylib.train.stopping import COMPARISON_RULES
+
+    return COMPARISON_RULES
+
+
+def test_kept_weight_statistics_describe_the_restored_weights(monkeypatch, splits):
+    scripted_validation(monkeypatch, splits, [1.0, 0.8, 0.9, 0.85, 0.95])
+    model = mlp()
+    cfg = TrainConfig(max_epochs=5, patience=3, lr=5e-2, batch_size=50)
+    result = fit(model, splits, cfg, seed=0)
+    assert (result.selected_epoch, result.stopped_epoch) == (2, 5)
+    flat = torch.cat([w.detach().flatten() for w in decay_parameters(model)])
+    assert result.final["kept_l2_norm"] == pytest.approx(float(flat.norm()), rel=1e-5)
+    assert result.final["kept_l2_norm"] == pytest.approx(result.history[1]["weights/l2_norm"])
+    assert result.final["kept_l2_norm"] != pytest.approx(result.history[-1]["weights/l2_norm"])
+    share = float((flat.abs() < 1e-2).float().mean())
+    assert result.final["kept_sparsity/1e-2"] == pytest.approx(share)
+    assert "final_l2_norm" not in result.final and "final_sparsity" not in result.final
+
+
+def test_kept_weight_stats_by_hand():
+    from studylib.train.regularizers import kept_weight_names, kept_weight_stats
+
+    w1 = torch.tensor([[0.0, 5e-3, -2e-4], [3e-5, -4e-6, 1.0]])
+    w2 = torch.tensor([[0.0, 5e-7], [-0.5, 2.0]])  # 10 entries, 2 exactly 0
+    stats = dict(zip(kept_weight_names(), kept_weight_stats([w1, w2]).tolist(), strict=True))
+    norm = (5e-3**2 + 2e-4**2 + 3e-5**2 + 4e-6**2 + 1 + 5e-7**2 + 0.25 + 4) ** 0.5
+    assert stats["kept_l2_norm"] == pytest.approx(norm)
+    assert stats["kept_exact_zeros"] == pytest.approx(0.2)
+    # |w| < 1e-2: 0, 5e-3, 2e-4, 3e-5, 4e-6, 0, 5e-7 -> 7; < 1e-3: 6; < 1e-4: 5; < 1e-5: 4;
+    # < 1e-6: 0, 0, 5e-7 -> 3.
+    expected = {"1e-2": 0.7, "1e-3": 0.6, "1e-4": 0.5, "1e-5": 0.4, "1e-6": 0.3}
+    for label, value in expected.items():
+        assert stats[f"kept_sparsity/{label}"] == pytest.approx(value), label
+
+
+def test_prune_and_evaluate_zeroes_small_weights_and_keeps_the_model_whole(splits):
+    cfg = TrainConfig(max_epochs=3, lr=1e-2, batch_size=50, early_stopping=False, l1=1e-3)
+    model = mlp()
+    result = fit(model, splits, cfg, seed=0)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    for key, value in result.state_dict.items():  # the saved weights are not pruned
+        assert torch.equal(value, kept[key]), key
+    for label, threshold in (("1e-2", 1e-2), ("1e-4", 1e-4)):
+        pruned = mlp()
+        pruned.load_state_dict(kept)
+        with torch.no_grad():
+            for w in decay_parameters(pruned):
+                w[w.abs() < threshold] = 0.0
+        loss, acc = train_module.evaluate(pruned, splits.x_test, splits.y_test).tolist()
+        assert result.final[f"pruned_test_loss/{label}"] == pytest.approx(loss, rel=1e-6)
+        assert result.final[f"pruned_test_acc/{label}"] == pytest.approx(acc)
+    # Pruning at 1e-2 changes the function (the 1e-2 share is not empty).
+    assert result.final["kept_sparsity/1e-2"] > 0
+    assert result.final["pruned_test_loss/1e-2"] != result.final["test_loss"]
+
+
+def dead_input_splits(splits: Splits) -> Splits:
+    """Input feature 0 is 0 everywhere: its first-layer weights get no loss gradient at all."""
+    dead = {}
+    for name in ("x_train", "x_val", "x_test"):
+        x = getattr(splits, name).clone()
+        x[:, 0] = 0.0
+        dead[name] = x
+    return Splits(**{**splits.__dict__, **dead})
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "l1"), [("adam", 1e-2, 1e-3), ("adamw", 1e-2, 1e-3), ("sgd", 5e-2, 2e-2)]
+)
+def test_proximal_l1_zeroes_weights_without_loss_gradient_for_good(splits, optimizer, lr, l1):
+    """Weights that the loss does not pull: the proximal step sets them to exactly 0 and they
+    stay there; the subgradient makes them oscillate around 0, never on it."""
+    dead = dead_input_splits(splits)
+    column = {}
+    for method in ("subgradient", "proximal"):
+        model = mlp()
+        first = model.hidden[0][0].weight
+        seen = []
+        cfg = TrainConfig(
+            optimizer=optimizer,
+            lr=lr,
+            l1=l1,
+            l1_method=method,
+            batch_size=50,
+            max_epochs=6,
+            early_stopping=False,
+        )
+        record = lambda e, m, seen=seen, first=first: seen.append(first[:, 0].clone())  # noqa: E731
+        fit(model, dead, cfg, seed=0, on_epoch=record)
+        column[method] = seen
+    assert all(bool((c == 0).all()) for c in column["proximal"][2:])  # zero from epoch 3 on
+    assert not any(bool((c == 0).any()) for c in column["subgradient"])
+
+
+def test_proximal_step_under_adam_is_preconditioned_by_hand():
+    from studylib.train.loop import make_optimizer
+    from studylib.train.regularizers import proximal_l1_step
+
+    w = torch.nn.Parameter(torch.tensor([[0.02, -0.5, 0.003, 1.0]]))
+    optimizer = make_optimizer(TrainConfig(optimizer="adam", lr=0.01), [w])
+    g = torch.tensor([[0.4, -0.1, 2.0, 0.05]])
+    w.grad = g.clone()
+    optimizer.step()
+    # One Adam step: m_hat = g, v_hat = g^2, w1 = w0 - lr g / (|g| + eps) = w0 - 0.01 sign(g).
+    w1 = torch.tensor([[0.02, -0.5, 0.003, 1.0]]) - 0.01 * g.sign() * g.abs() / (g.abs() + 1e-8)
+    assert torch.allclose(w.detach(), w1, atol=1e-7)
+    l1 = 0.5
+    proximal_l1_step(optimizer, [w], [0.01 * l1])
+    tau = 0.01 * l1 / (g.abs() + 1e-8)  # 0.0125, 0.05, 0.0025, 0.1
+    expected = w1.sign() * (w1.abs() - tau).clamp(min=0)  # 0.01 -> 0; -0.49 -> -0.44; ...
+    assert torch.allclose(w.detach(), expected, atol=1e-7)
+    assert w[0, 0].item() == 0.0  # |0.01| < 0.0125: exactly zero
+
+
+def test_proximal_step_under_sgd_is_ista_scaled_by_momentum():
+    from studylib.train.loop import make_optimizer
+    from studylib.train.regularizers import proximal_l1_step
+
+    for momentum in (0.0, 0.9):
+        w = torch.nn.Parameter(torch.tensor([[0.02, -0.5, 0.004]]))
+        optimizer = make_optimizer(TrainConfig(optimizer="sgd", lr=0.1, momentum=momentum), [w])
+        proximal_l1_step(optimizer, [w], [0.1 * 0.01])  # lr * l1 = 1e-3
+        tau = 1e-3 / (1 - momentum)  # the heavy ball's steady step for a constant pull l1
+        expected = torch.tensor([[0.02 - tau, -0.5 + tau, max(0.004 - tau, 0.0)]])
+        assert torch.allclose(w.detach(), expected, atol=1e-7), momentum
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "l1", "momentum"),
+    [("adam", 1e-2, 1e-2, 0.9), ("sgd", 2e-2, 1e-2, 0.9), ("sgd", 0.1, 2e-2, 0.0)],
+)
+def test_proximal_l1_leaves_lasting_exact_zeros_in_a_trained_mlp(
+    splits, optimizer, lr, l1, momentum
+):
+    runs = {}
+    for method in ("subgradient", "proximal"):
+        model = mlp()
+        zeros = []
+        cfg = TrainConfig(
+            optimizer=optimizer,
+            lr=lr,
+            l1=l1,
+            l1_method=method,
+            momentum=momentum,
+            batch_size=50,
+            max_epochs=15,
+            early_stopping=False,
+        )
+
+        def snapshot(epoch, metrics, model=model, zeros=zeros):
+            zeros.append(torch.cat([w.detach().flatten() == 0 for w in decay_parameters(model)]))
+
+        runs[method] = (fit(model, splits, cfg, seed=0, on_epoch=snapshot), zeros)
+    result, zeros = runs["proximal"]
+    assert result.final["kept_exact_zeros"] > 0.3
+    assert result.final["kept_exact_zeros"] == pytest.approx(float(zeros[-1].float().mean()))
+    lasting = zeros[-6].clone()
+    for later in zeros[-5:]:
+        lasting &= later
+    # Most weights at 0 five epochs before the end were at 0 at every epoch since.
+    assert lasting.sum() >= 0.85 * zeros[-6].sum() > 0
+    assert runs["subgradient"][0].final["kept_exact_zeros"] == 0.0
+
+
+def test_test_curve_is_opt_in_and_never_seen_during_training(splits):
+    cfg = TrainConfig(max_epochs=4, patience=1, lr=5e-2, batch_size=50)
+    seen = []
+    plain = fit(mlp(), splits, cfg, seed=0)
+    model = mlp()
+    snapshots = []
+
+    def watch(epoch, metrics):
+        seen.append(dict(metrics))
+        snapshots.append(copy.deepcopy(model.state_dict()))
+
+    curved = fit(model, splits, cfg, seed=0, on_epoch=watch, test_curve=True)
+    assert plain.test_curve == [] and len(curved.test_curve) == curved.stopped_epoch
+    assert not any(key.startswith("test") for metrics in seen for key in metrics)
+    assert not any(key.startswith("test/") for metrics in curved.history for key in metrics)
+    assert curved.history == plain.history and curved.final == plain.final  # same run
+    for epoch, state in enumerate(snapshots, start=1):
+        probe = mlp()
+        probe.load_state_dict(state)
+        loss, acc = train_module.evaluate(probe, splits.x_test, splits.y_test).tolist()
+        assert curved.test_curve[epoch - 1] == {
+            "test/loss": pytest.approx(loss, rel=1e-6),
+            "test/acc": pytest.approx(acc),
+        }
+    kept = curved.test_curve[curved.selected_epoch - 1]
+    assert kept["test/acc"] == pytest.approx(curved.final["test_acc"])

@@ -37,6 +37,8 @@ MEMBERS = [
     {"train.early_stopping": False},
     {"train.stopping": "gl", "train.gl_alpha": 1.0},
     {"train.stopping": "up", "train.up_strips": 1, "train.strip_length": 2},
+    {"train.monitor": "val_error", "train.patience": 2},
+    {"train.monitor": "val_error", "train.stopping": "pq", "train.strip_length": 2},
 ]
 
 
@@ -81,6 +83,25 @@ def test_members_without_dropout_match_their_sequential_trials(splits):
         assert_same_run(want, got.result)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_proximal_l1_members_match_their_sequential_trials(splits, optimizer):
+    """Each member's soft threshold is its own lr * l1 (Adam: over its own second moment)."""
+    base = Experiment.model_validate(BASE).with_values(
+        {"train.l1_method": "proximal", "train.optimizer": optimizer}
+    )
+    exps = [
+        base.with_values(v)
+        for v in ({"train.l1": 3e-3}, {"train.l1": 1e-2, "train.l2": 1e-3}, {"train.l1": 0.0})
+    ]
+    expected = [sequential(exp, splits) for exp in exps]
+    outcomes = fit_population(exps, splits)
+    assert expected[1].final["kept_exact_zeros"] > 0.1  # the step did zero weights
+    for want, got in zip(expected, outcomes, strict=True):
+        assert_same_run(want, got.result)
+        # Exact zeros are decided at thresholds: the same weights land on 0 in both.
+        assert got.result.final["kept_exact_zeros"] == want.final["kept_exact_zeros"]
+
+
 def test_dropout_rates_are_per_member(splits):
     exps = [Experiment.model_validate(BASE).with_values({"model.dropout": p}) for p in (0.0, 0.5)]
     plain, dropped = fit_population(exps, splits)
@@ -119,6 +140,8 @@ def test_settings_members_must_share_are_checked():
     base = Experiment.model_validate(BASE)
     with pytest.raises(ConfigError, match=r"train.lr differs between members"):
         check_population([base, base.with_values({"train.lr": 0.1})])
+    with pytest.raises(ConfigError, match=r"train.l1_method differs between members"):
+        check_population([base, base.with_values({"train.l1_method": "proximal"})])
     with pytest.raises(ConfigError, match="share the architecture"):
         check_population([base, base.with_values({"model.hidden": [8]})])
     check_population([base, base.with_values({"model.dropout": 0.3, "train.l2": 0.1})])
