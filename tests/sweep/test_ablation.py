@@ -70,7 +70,8 @@ def test_ablation_report_has_claims_curves_and_intervals(study_report):
     assert len(claim_rows) == 1
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", claim_rows[0])[1:-1]]
     assert cells[:2] == ["tiny", "mlp"]
-    assert cells[4] in {"supported", "contradicted", "inconclusive"}
+    assert cells[2] == "L1 drives more weights to zero than L2"
+    assert cells[12] in {"supported", "contradicted", "inconclusive"}  # the verdict column
     assert "## Leaderboard: test accuracy" in markdown and "ablation" in markdown
     assert "## Architectures side by side" not in markdown  # one architecture only
     assert "tiny / mlp: sweep" in markdown and "tiny / mlp: ablation over seeds" in markdown
