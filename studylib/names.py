@@ -24,6 +24,7 @@ ARM_TAG = "studylib.arm"
 SEED_TAG = "studylib.ablation_seed"
 KEY_TAG = "studylib.ablation_key"  # the design an ablation run belongs to
 STRENGTHS_TAG = "studylib.strengths"  # on an ablation's parent run: the strengths it used
+TUNING_SEED_TAG = "studylib.tuning_seed"  # on an ablation's parent run: the seed arms tuned on
 ARCH_TAG = "studylib.arch"
 DATASET_TAG = "studylib.dataset"
 RUN_SEED_TAG = "studylib.seed"

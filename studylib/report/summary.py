@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from studylib.config import ARM_KNOBS, REGULARIZER_OFF, SEARCHABLE
+from studylib.names import STRENGTHS_TAG, TUNING_SEED_TAG
 from studylib.report.claims import (
     ACCURACY,
     CONTRADICTED,
@@ -46,8 +47,9 @@ class StudySummary:
       loss_diff, loss_low, loss_high, loss_d_z, loss_p_holm, loss_verdict: the same on test
       loss (its own family; lower is better, so "supported" means a lower loss).
     `warnings`: plain sentences, empty when nothing is off (best sweep trial at the edge of a
-    search range or at max_epochs, a tuned strength at the edge of its range, a tuning seed
-    that is also an evaluation seed or was not recorded, fewer than five seeds).
+    search range or still improving at max_epochs, an arm still improving at max_epochs, a
+    tuned strength at the edge of its range, a tuning seed that is also an evaluation seed or
+    was not recorded, fewer than five seeds).
     `sentence`: the result in one plain-English sentence.
     """
 
@@ -99,6 +101,7 @@ def summarize(
     table = pd.DataFrame(rows, columns=ROW_COLUMNS)
     warnings = [
         *sweep_warnings(trials),
+        *arm_warnings(arms),
         *strength_warnings(parent),
         *seed_warnings(seeds, tuning_seed, power),
     ]
@@ -163,7 +166,7 @@ def _tag(parent: pd.Series | None, name: str):
 
 
 def _tuning_seed(parent: pd.Series | None) -> int | None:
-    value = _tag(parent, "studylib.tuning_seed")
+    value = _tag(parent, TUNING_SEED_TAG)
     return None if value in (None, "") else int(value)
 
 
@@ -180,7 +183,7 @@ def _given(parent: pd.Series | None, knob: str) -> bool:
 def arm_strengths(arms: pd.DataFrame, parent: pd.Series | None) -> dict[str, str]:
     """Arm -> its knobs as "name=value (tuned|given)", from the parent's `studylib.strengths`
     tag; without one (a parent run lost), from the arm runs' own params."""
-    tagged = _tag(parent, "studylib.strengths")
+    tagged = _tag(parent, STRENGTHS_TAG)
     strengths = json.loads(tagged) if tagged else {}
     out = {}
     for arm in set(arms["arm"]):
@@ -247,18 +250,37 @@ def sweep_warnings(trials: pd.DataFrame) -> list[str]:
             )
     max_epochs = best.get("train.max_epochs")
     at_end = max_epochs is not None and not pd.isna(max_epochs)
-    if at_end and float(best.get("selected_epoch", 0)) >= float(max_epochs):
+    if at_end and float(best.get("best_epoch", 0)) >= float(max_epochs):
         out.append(
-            f"The best sweep trial ({int(best['trial'])}) kept its last epoch, "
-            f"max_epochs = {int(max_epochs)}: its validation loss was still falling, and "
-            "more epochs may change the result."
+            f"The best sweep trial ({int(best['trial'])}) had its lowest validation loss at its "
+            f"last epoch, max_epochs = {int(max_epochs)}: it was still improving, and more "
+            "epochs may change the result."
         )
+    return out
+
+
+def arm_warnings(arms: pd.DataFrame) -> list[str]:
+    """Arms whose validation loss was lowest at max_epochs (still improving when training
+    ended), in how many of their seeds."""
+    if not {"best_epoch", "train.max_epochs"} <= set(arms.columns):
+        return []
+    out = []
+    for arm, runs in arms.groupby("arm", sort=False):
+        best = pd.to_numeric(runs["best_epoch"], errors="coerce")
+        limit = pd.to_numeric(runs["train.max_epochs"], errors="coerce")
+        at_end = int((best >= limit).sum())
+        if at_end:
+            out.append(
+                f"The {arm} arm had its lowest validation loss at its last epoch (max_epochs = "
+                f"{int(limit.max())}) in {at_end} of {len(runs)} seeds: it was still improving, "
+                "and more epochs may change its result."
+            )
     return out
 
 
 def strength_warnings(parent: pd.Series | None) -> list[str]:
     """A strength the ablation tuned that sits at the edge of its search range."""
-    tagged = _tag(parent, "studylib.strengths")
+    tagged = _tag(parent, STRENGTHS_TAG)
     if not tagged:
         return []
     search = _search(parent)

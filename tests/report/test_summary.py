@@ -12,7 +12,7 @@ from synthetic_runs import known_study
 
 from studylib.report import figures
 from studylib.report.claims import CONTRADICTED, SUPPORTED, design_power, evaluate_claims
-from studylib.report.summary import plain_sentence, summarize, sweep_warnings
+from studylib.report.summary import arm_warnings, plain_sentence, summarize, sweep_warnings
 
 SEARCH = {
     "dropout": {"low": 0.0, "high": 0.5},
@@ -43,7 +43,7 @@ def trials(best: dict) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame["sweep.search"] = json.dumps(SEARCH)
     frame["train.max_epochs"] = 200
-    frame["selected_epoch"] = frame.get("selected_epoch", pd.Series([200, 40])).fillna(40)
+    frame["best_epoch"] = frame.get("best_epoch", pd.Series([200, 40])).fillna(40)
     return frame
 
 
@@ -81,13 +81,13 @@ def test_rows_come_from_the_claims_and_strengths_from_the_parent():
 def test_warnings_fire_where_something_is_off():
     summary = study_summary(
         parent({"dropout": 0.495, "l2": 1e-3}, 2, {}),  # dropout tuned to the top
-        trials({"model.dropout": 0.1, "train.l2": 1.1e-6, "selected_epoch": 200}),
+        trials({"model.dropout": 0.1, "train.l2": 1.1e-6, "best_epoch": 200}),
         seeds="[0, 1, 2]",
     )
     text = "\n".join(summary.warnings)
     assert "train.l2" not in text
     assert "l2 = 1.1e-06, at the bottom of its search range [1e-06, 0.01]" in text
-    assert "kept its last epoch, max_epochs = 200" in text
+    assert "lowest validation loss at its last epoch, max_epochs = 200" in text
     assert "tuned dropout (0.495) sits at the top of its search range [0, 0.5]" in text
     assert "tuned l2" not in text  # 1e-3 is mid-range on the log scale
     assert "tuned on seed 2, which is also an evaluation seed" in text
@@ -119,3 +119,12 @@ def test_summary_figure(tmp_path):
     caption = figures.summary_differences(summary.rows, png)
     assert matplotlib.image.imread(png).shape[0] > 100
     assert "over 5 seeds" in caption and "From 30 paired runs" in caption
+
+
+def test_arm_still_improving_at_max_epochs_is_warned():
+    arms = known_study().assign(**{"train.max_epochs": 200, "best_epoch": 40})
+    arms.loc[(arms["arm"] == "dropout") & (arms["seed"] < 2), "best_epoch"] = 200
+    assert arm_warnings(arms) == [
+        "The dropout arm had its lowest validation loss at its last epoch (max_epochs = 200) in "
+        "2 of 5 seeds: it was still improving, and more epochs may change its result."
+    ]
