@@ -7,7 +7,8 @@ Sections, per architecture of the study: the sweep (best trial against the basel
 against each hyperparameter, dropout x L2 heatmap, fANOVA importance, stopping against
 patience, every trial) and the ablation (arm curves over seeds, gap per arm with confidence
 intervals, sparsity and norm for L1 against L2, stopping rules compared, the claims table);
-on top, a leaderboard of test accuracy; for text studies, the OOV rate against tokenizer.
+on top, each study's summary (summary.py) and a leaderboard of test accuracy; for text
+studies, the OOV rate against tokenizer. Arm runs are read one design per study (the newest).
 """
 
 from __future__ import annotations

@@ -103,11 +103,13 @@ def paired_test(
         sign = math.copysign(math.inf, shift)
         return PairedTest(n, est.mean, est.low, est.high, 0.0, sign, sign, 0.0, null)
     result = scipy_stats.ttest_rel(first, second + null)
+    # scipy's interval is of a - (b + null): shift it back to the difference a - b.
+    ci = result.confidence_interval(confidence)
     return PairedTest(
         n,
         est.mean,
-        est.low,
-        est.high,
+        float(ci.low) + null,
+        float(ci.high) + null,
         sd,
         shift / sd,
         float(result.statistic),

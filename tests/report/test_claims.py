@@ -245,14 +245,20 @@ def test_stopping_rule_table_on_the_baseline_curves():
     base = arms["arm"] == "baseline"
     arms.loc[base, "stop_epoch/patience"] = 6.0  # stops at 6, keeps 3
     arms.loc[base, "stop_epoch/gl5"] = [4.0, 5.0, math.nan, math.nan, 4.0]  # never, twice
+    arms["stop_epoch/up2"] = math.nan  # never within the run: the key is absent
+    arms.loc[base, "stop_epoch/pq0.5"] = 8.0
     table = stopping_rules(arms, curves).set_index("rule")
     assert list(table.index) == [
         "patience",
         "gl5",
+        "pq0.5",
+        "up2",
         "full run, lowest validation loss",
         "none (last epoch)",
     ]
     assert table.loc["gl5", "stopped"] == "3 of 5"
+    assert table.loc["up2", "stopped"] == "0 of 5" and table.loc["up2", "kept epoch"] == ""
+    assert table.loc["pq0.5", "kept epoch"].startswith("8 ")  # validation loss 0.5 at 8
     assert table.loc["gl5", "stop epoch"].startswith("4.333")
     assert table.loc["patience", "kept epoch"].startswith("3 ")
     # Test accuracy at epoch 3 of each seed's curve: 0.50 + 0.002 * seed, mean 0.504.

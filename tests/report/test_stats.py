@@ -64,6 +64,7 @@ def test_paired_test_matches_scipy_and_a_hand_computation():
     shifted = paired_test(a, b, null=0.01)
     assert shifted.p == pytest.approx(scipy_stats.ttest_1samp(diffs, 0.01).pvalue)
     assert shifted.d_z == pytest.approx(0.05 / shifted.sd)
+    assert (shifted.low, shifted.high) == pytest.approx((test.low, test.high))  # same interval
 
 
 def test_paired_test_without_spread_or_pairs():
