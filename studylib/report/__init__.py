@@ -1,9 +1,10 @@
 """Report: takes what MLflow holds (runs and their full histories), gives reports/<study>/
 (index.html, report.md, figures) whose claims table checks the lecture notes against the runs.
 
-results.py reads runs and curves into DataFrames (also for a notebook); stats.py intervals and
-tests; claims.py the verdicts; figures.py one PNG per function; pages.py the sections and
-pages. Everything comes from the tracking store, never from a sweep's memory.
+results.py reads runs and curves into DataFrames (also for a notebook); stats.py intervals,
+paired t-tests, Holm's adjustment and power; claims.py the verdicts (one design, declared
+families); summary.py what a study found, for the top of its report; figures.py one PNG per
+function; pages.py the sections and pages. Everything comes from the tracking store, never from a sweep's memory.
 """
 
 from __future__ import annotations

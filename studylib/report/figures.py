@@ -392,3 +392,44 @@ def oov_by_tokenizer(runs: pd.DataFrame, path: Path) -> tuple[str, pd.DataFrame]
         "OOV rates."
     )
     return caption, table
+
+
+VERDICT_COLORS = {
+    "supported": "tab:green",
+    "contradicted": "tab:red",
+    "inconclusive": "tab:gray",
+}
+
+
+def summary_differences(rows: pd.DataFrame, path: Path) -> str:
+    """Each arm minus the baseline, test accuracy and test loss, coloured by verdict (a
+    `StudySummary.rows` frame)."""
+    _theme()
+    measured = rows[rows["n"] > 0].iloc[::-1]  # first arm on top
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(measured), 2) + 1.6), sharey=True)
+    for ax, prefix, label in (
+        (axes[0], "acc", "test accuracy, arm minus baseline"),
+        (axes[1], "loss", "test loss, arm minus baseline"),
+    ):
+        for y, (_, row) in enumerate(measured.iterrows()):
+            mean, low, high = row[f"{prefix}_diff"], row[f"{prefix}_low"], row[f"{prefix}_high"]
+            color = VERDICT_COLORS.get(row[f"{prefix}_verdict"], "tab:gray")
+            err = None if math.isnan(low) else [[mean - low], [high - mean]]
+            ax.errorbar(mean, y, xerr=err, fmt="o", color=color, capsize=4)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel(label)
+    axes[0].set_yticks(range(len(measured)), list(measured["arm"]))
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=c, label=v)
+        for v, c in VERDICT_COLORS.items()
+    ]
+    axes[1].legend(handles=handles, fontsize=8, loc="best")
+    _save(fig, path)
+    n = int(measured["n"].max()) if not measured.empty else 0
+    return (
+        "Test accuracy (left) and test loss (right) of each ablation arm minus the baseline's, "
+        f"paired by seed: mean and unadjusted 95% t-interval over {n} seeds. Colour: the "
+        "verdict, from a paired t-test Holm-adjusted within its family (accuracy: supported = "
+        "higher than the baseline; loss: supported = lower); grey: inconclusive. From "
+        f"{int(2 * measured['n'].sum())} paired runs."
+    )

@@ -7,7 +7,8 @@ Sections, per architecture of the study: the sweep (best trial against the basel
 against each hyperparameter, dropout x L2 heatmap, fANOVA importance, stopping against
 patience, every trial) and the ablation (arm curves over seeds, gap per arm with confidence
 intervals, sparsity and norm for L1 against L2, stopping rules compared, the claims table);
-on top, a leaderboard of test accuracy; for text studies, the OOV rate against tokenizer.
+on top, each study's summary (summary.py) and a leaderboard of test accuracy; for text
+studies, the OOV rate against tokenizer. Arm runs are read one design per study (the newest).
 """
 
 from __future__ import annotations
@@ -28,15 +29,40 @@ from studylib.errors import ConfigError
 from studylib.names import GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
 from studylib.report import figures
-from studylib.report.claims import check_claims, vanishing_gradients
+from studylib.report.claims import (
+    ACCURACY,
+    FAMILIES,
+    NOT_MEASURED,
+    ClaimResult,
+    check_one_run_per_cell,
+    claims_frame,
+    design_power,
+    evaluate_claims,
+    newest_design,
+    pruning_table,
+    regret_table,
+    stopping_rules,
+    vanishing_gradients,
+)
 from studylib.report.results import load_curves, load_runs
-from studylib.report.stats import mean_ci
+from studylib.report.stats import ALPHA, mean_ci
+from studylib.report.summary import StudySummary, summarize
 from studylib.sweep.space import distributions
 
 FINISHED = ("completed", "early_stopped")
 PROBLEMS = ("diverged", "crashed", "killed")
 SWEEP_KEYS = ("train/loss", "val/loss")
-ARM_KEYS = ("train/loss", "val/loss", "weights/sparsity", "weights/l2_norm")
+# test/* exist for ablation arms that opted into per-epoch test figures (early stopping's regret
+# and the stopping-rule table read them; selection never does).
+ARM_KEYS = (
+    "train/loss",
+    "val/loss",
+    "val/acc",
+    "weights/sparsity",
+    "weights/l2_norm",
+    "test/acc",
+    "test/loss",
+)
 
 
 @dataclass
@@ -131,18 +157,31 @@ def write_report(
             f"experiment {', '.join(experiments)!s} in {redact(tracking_uri)} has no finished runs "
             f"({len(runs)} runs in all); run `make sweep` first"
         )
+    finished, design_notes = one_design_per_study(finished)
     folder.mkdir(parents=True, exist_ok=True)
     groups = list(finished.groupby(["experiment", "arch"], sort=True))
     curves = load_curves(_needed_runs(finished), keys=ARM_KEYS, tracking_uri=tracking_uri)
     gradients = finished[
-        finished.get("train.grad_norms", pd.Series(dtype=object)).astype(str) == "True"
+        finished.get("train.grad_norms", pd.Series("", index=finished.index)).astype(str) == "True"
     ]
     grad_curves = load_curves(
         gradients["run_id"], keys=(), tracking_uri=tracking_uri, prefixes=("grad_norm/",)
     )
 
-    sections = [leaderboard(groups)]
-    claims = claims_section(groups, curves, gradients, grad_curves)
+    results: dict[tuple[str, str], list[ClaimResult]] = {}
+    for key, group in groups:
+        arms = group[group["role"] == "arm"]
+        if not set(arms["arm"]) <= {"baseline"}:  # something to compare the baseline with
+            results[key] = evaluate_claims(arms, curves)
+    sections = []
+    if detail:
+        parents = load_runs(experiments, tracking_uri, roles=("ablation",))
+        for key, group in groups:
+            if key in results:
+                summary = study_summary(key, group, results[key], parents)
+                sections.append(summary_section(summary, folder, design_notes.get(key[0], "")))
+    sections.append(leaderboard(groups))
+    claims = claims_section(groups, results, gradients, grad_curves, curves, design_notes)
     if claims is not None:
         sections.append(claims)
     if len(groups) > 1:
@@ -170,6 +209,23 @@ def write_report(
     index = folder / "index.html"
     index.write_text(render_html(title, intro, sections, folder))
     return index
+
+
+def one_design_per_study(finished: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Keep each study's newest ablation design (the one whose first run started last), after
+    checking it holds one run per arm and seed; say per study what was left out."""
+    arms = finished["role"] == "arm"
+    if not arms.any():
+        return finished, {}
+    keep = ~arms
+    notes = {}
+    for experiment, runs in finished[arms].groupby("experiment"):
+        choice = newest_design(runs)
+        check_one_run_per_cell(choice.arms)
+        keep |= finished.index.isin(choice.arms.index)
+        if choice.note():
+            notes[experiment] = choice.note()
+    return finished[keep], notes
 
 
 def _needed_runs(finished: pd.DataFrame) -> list[str]:
@@ -255,50 +311,240 @@ def _spread(values: pd.Series) -> str:
 
 
 def claims_section(
-    groups, curves: pd.DataFrame, gradients: pd.DataFrame, grad_curves: pd.DataFrame
+    groups,
+    results: dict[tuple[str, str], list[ClaimResult]],
+    gradients: pd.DataFrame,
+    grad_curves: pd.DataFrame,
+    curves: pd.DataFrame,
+    design_notes: dict[str, str],
 ) -> Section | None:
-    tables = []
+    """Per study and architecture: what the design can detect (stated before any result), the
+    per-arm claims with test accuracy beside test loss, then the other families; early
+    stopping's regret and L1's prune-and-evaluate figures beside their claims."""
+    blocks = []
+    for (experiment, arch), group in groups:
+        if (experiment, arch) not in results:
+            continue
+        arms = group[group["role"] == "arm"]
+        where = f"{experiment} / {arch}"
+        if design_notes.get(experiment):
+            blocks.append(Block(text=f"{where}: {design_notes[experiment]}"))
+        blocks.append(Block(text=f"{where}: {design_power(arms).sentence()}"))
+        frame = claims_frame(results[(experiment, arch)])
+        per_arm = frame[frame["family"] == ACCURACY]
+        if not per_arm.empty:
+            blocks.append(
+                Block(
+                    caption=f"{where}: does each regularizer improve test accuracy over the "
+                    "baseline? Test accuracy (family 'test accuracy') beside test loss (family "
+                    "'test loss'): differences are arm minus baseline, paired by seed, with "
+                    "unadjusted 95% t-intervals; p from a two-sided paired t-test, Holm-adjusted "
+                    "within its family; the verdict reads the adjusted p. The last column says "
+                    "whether accuracy and loss agree.",
+                    table=_claims_table(per_arm, experiment, arch, "test acc", "test loss"),
+                )
+            )
+        others = frame[frame["family"] != ACCURACY]
+        if not others.empty:
+            blocks.append(
+                Block(
+                    caption=f"{where}: claims on mechanisms and early stopping, each in its "
+                    "family (column 'family'; Holm within each). 'tested against' is the null of "
+                    "the paired t-test: 0, or for early stopping's regret the margin declared in "
+                    "advance. Intervals unadjusted 95% t-intervals.",
+                    table=_claims_table(others, experiment, arch, "measure", "loss", family=True),
+                )
+            )
+        regret = regret_table(arms, curves)
+        if regret is not None:
+            blocks.append(
+                Block(
+                    caption=f"{where}: early stopping's regret, per seed against the baseline "
+                    "of the same seed (trained to the end, with per-epoch test figures that "
+                    "selection never sees). Regret: the baseline's test accuracy at its epoch of "
+                    "lowest validation loss minus the early-stopping arm's at its kept epoch "
+                    "(loss: the other way round), the honest reference. Optimistic regret: "
+                    "against the best test figure anywhere on the baseline's curve, a maximum "
+                    "over every epoch's noisy test evaluation, so it is biased upwards and never "
+                    "below the honest one. Mean and 95% t-interval over seeds.",
+                    table=regret,
+                )
+            )
+        pruning = pruning_table(arms)
+        if pruning is not None:
+            blocks.append(
+                Block(
+                    caption=f"{where}: prune and evaluate. For the l1, l2 and baseline arms, "
+                    "the share of kept weights exactly 0 and below each threshold, the test "
+                    "accuracy after zeroing the weights below it, and the drop from the same "
+                    "run's unpruned test accuracy; mean and 95% t-interval over seeds.",
+                    table=pruning,
+                )
+            )
     depth = vanishing_gradients(gradients, grad_curves)
-    if depth.verdict != "not measured":  # a comparison across studies (experiments/depth.toml)
-        tables.append(
-            pd.DataFrame(
-                [
-                    {
-                        "study": "+".join(sorted(set(gradients["experiment"]))),
-                        "arch": "mlp",
-                        **depth.__dict__,
-                    }
-                ]
+    if depth.verdict != NOT_MEASURED:  # a comparison across studies (experiments/depth.toml)
+        study = "+".join(sorted(set(gradients["experiment"])))
+        blocks.append(
+            Block(
+                caption="Plain against residual MLPs of the same depth (experiments/depth.toml), "
+                "paired by seed; family 'depth' (this one claim).",
+                table=_claims_table(claims_frame([depth]), study, "mlp", "measure", "", True),
             )
         )
-    for (experiment, arch), group in groups:
-        arms = group[group["role"] == "arm"]
-        if set(arms["arm"]) <= {"baseline"}:  # nothing to compare the baseline with
-            continue
-        table = check_claims(arms, curves)
-        table.insert(0, "arch", arch)
-        table.insert(0, "study", experiment)
-        tables.append(table)
-    if not tables:
+    if not blocks:
         return None
-    table = pd.concat(tables, ignore_index=True)
-    return Section(
-        "Claims of the lecture notes, checked",
-        [
-            Block(
-                caption=(
-                    "Each claim against this study's ablation runs. Arms are paired by seed (a seed fixes "
-                    "split, init, batch order and dropout masks); a verdict is computed from the 95% "
-                    "t-interval of the paired difference: supported when it lies wholly on the claimed "
-                    "side, contradicted when wholly on the other, inconclusive otherwise. The claim on "
-                    "vanishing gradients needs plain and residual nets of the same depth with "
-                    "per-layer gradient norms (experiments/depth.toml); it appears when the report "
-                    "holds both."
-                ),
-                table=table,
-            )
-        ],
+    families = "; ".join(f"'{name}': {what}" for name, what in FAMILIES.items())
+    intro = Block(
+        text="How a verdict is computed: arms are paired by seed (a seed fixes split, init, "
+        "batch order and dropout masks). Each claim is a two-sided paired t-test; its p-value is "
+        f"Holm-adjusted within a family declared in advance ({families}), per study and "
+        f"architecture, at a family-wise alpha of {ALPHA:g}. Supported: adjusted p < alpha with "
+        "the difference on the claimed side; contradicted: adjusted p < alpha on the other "
+        "side; inconclusive: otherwise; not measured: the runs are missing. Intervals are 95% "
+        "t-intervals, NOT adjusted for multiplicity, so an interval can exclude 0 while the "
+        "verdict stays inconclusive. d_z = mean paired difference / its standard deviation."
     )
+    return Section("Claims of the lecture notes, checked", [intro, *blocks])
+
+
+def _difference(row, prefix: str) -> str:
+    n = row[f"{prefix}n"]
+    if not n:
+        return row[f"{prefix}evidence"]
+    mean = row[f"{prefix}difference"]
+    if n < 2:
+        return f"{mean:+.4g} (n=1)"
+    return f"{mean:+.4g} [{row[f'{prefix}low']:.4g}, {row[f'{prefix}high']:.4g}]"
+
+
+def _stat(value: float, p: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if p and value == 0:
+        return "0 (no spread)"
+    if p and value < 1e-4:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
+
+
+def _claims_table(
+    frame: pd.DataFrame, study: str, arch: str, main: str, beside: str, family: bool = False
+) -> pd.DataFrame:
+    """Display form of a `claims_frame`: the main comparison, then the one beside it."""
+    rows = []
+    for _, r in frame.iterrows():
+        row = {"study": study, "arch": arch, "claim": r["claim"]}
+        if family:
+            row.update({"family": r["family"], "measured": r["measured"]})
+        row.update(
+            {
+                "n": r["n"],
+                f"{main}: means": _means(r, ""),
+                f"{main}: difference [95% CI, unadjusted]": _difference(r, ""),
+            }
+        )
+        if family:
+            row["tested against"] = _stat(r["null"])
+        row.update(
+            {
+                "d_z": _stat(r["d_z"]),
+                "p": _stat(r["p"], p=True),
+                "p Holm": _stat(r["p_holm"], p=True),
+                "verdict": r["verdict"],
+            }
+        )
+        has_beside = isinstance(r.get("beside_family"), str)
+        if beside:
+            row.update(
+                {
+                    f"{beside}: difference [95% CI, unadjusted]": (
+                        _difference(r, "beside_") if has_beside else ""
+                    ),
+                    f"{beside} d_z": _stat(r["beside_d_z"]) if has_beside else "",
+                    f"{beside} p Holm": _stat(r["beside_p_holm"], p=True) if has_beside else "",
+                    f"{beside} verdict": r["beside_verdict"] if has_beside else "",
+                    "agree": {True: "yes", False: "NO"}.get(r.get("agree"), ""),
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _means(row, prefix: str) -> str:
+    if not row[f"{prefix}n"]:
+        return ""
+    return f"{row[f'{prefix}mean_a']:.4g} vs {row[f'{prefix}mean_b']:.4g}"
+
+
+def study_summary(
+    key: tuple[str, str], group: pd.DataFrame, claims: list[ClaimResult], parents: pd.DataFrame
+) -> StudySummary:
+    experiment, arch = key
+    arms = group[group["role"] == "arm"]
+    trials = group[group["role"] == "trial"]
+    mine = parents[parents["experiment"] == experiment] if not parents.empty else parents
+    return summarize(experiment, arch, arms, claims, mine, trials, design_power(arms))
+
+
+def summary_section(summary: StudySummary, folder: Path, design_note: str) -> Section:
+    """The top of a study report: the sentence, the design, the figure, the table, warnings."""
+    where = f"{summary.study} / {summary.arch}"
+    tuning = (
+        f"arms tuned on seed {summary.tuning_seed}"
+        if summary.tuning_seed is not None
+        else "tuning seed not recorded"
+    )
+    design = (
+        f"Ablation design {summary.design or '(untagged)'}: evaluation seeds "
+        f"{', '.join(str(s) for s in summary.seeds)}; {tuning}."
+    )
+    blocks = [Block(text=summary.sentence), Block(text=design)]
+    if design_note:
+        blocks.append(Block(text=design_note))
+    if summary.power is not None:
+        blocks.append(Block(text=summary.power.sentence()))
+    if (summary.rows["n"] > 0).any():
+        png = f"{summary.study}-{summary.arch}-summary.png"
+        blocks.append(Block(figures.summary_differences(summary.rows, folder / png), png=png))
+    table = pd.DataFrame(
+        {
+            "arm": summary.rows["arm"],
+            "strength": summary.rows["strength"],
+            "lr": summary.rows["lr"],
+            "n": summary.rows["n"],
+            "test acc: difference [95% CI, unadjusted]": [
+                _interval(r, "acc_") for _, r in summary.rows.iterrows()
+            ],
+            "test acc p Holm": summary.rows["acc_p_holm"].map(lambda p: _stat(p, p=True)),
+            "test acc verdict": summary.rows["acc_verdict"],
+            "test loss: difference [95% CI, unadjusted]": [
+                _interval(r, "loss_") for _, r in summary.rows.iterrows()
+            ],
+            "test loss p Holm": summary.rows["loss_p_holm"].map(lambda p: _stat(p, p=True)),
+            "test loss verdict": summary.rows["loss_verdict"],
+        }
+    )
+    blocks.append(
+        Block(
+            caption="Per arm against the baseline, paired by seed: its strengths (tuned or "
+            "given), the learning rate its runs used, and the test-accuracy and test-loss "
+            "claims (the same numbers as the claims table).",
+            table=table,
+        )
+    )
+    blocks += [Block(text=f"Warning: {w}") for w in summary.warnings]
+    return Section(f"{where}: summary", blocks)
+
+
+def _interval(row, prefix: str) -> str:
+    if row["n"] == 0:
+        return ""
+    mean, low, high = row[f"{prefix}diff"], row[f"{prefix}low"], row[f"{prefix}high"]
+    if math.isnan(low):
+        return f"{mean:+.4g}"
+    return f"{mean:+.4g} [{low:.4g}, {high:.4g}]"
 
 
 def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
@@ -482,53 +728,51 @@ def ablation_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) ->
     section.blocks.append(
         Block(caption="Per arm, mean and 95% t-interval over seeds.", table=arm_table(arms))
     )
-    stops = stopping_table(arms)
+    stops = stopping_rules(arms, curves)
     if stops is not None:
         section.blocks.append(
             Block(
-                caption="When each stopping rule would have stopped the baseline arm (trained to the "
-                "end, so every rule sees the full curve): mean epoch over seeds (0: never within the "
-                "run), next to the epoch of the lowest validation loss.",
+                caption="Stopping rules replayed on the baseline arm (trained to the end, so every "
+                "rule sees the whole curve): the epoch each rule stops at, the epoch it would keep "
+                "(lowest validation loss up to the stop) and that epoch's test accuracy and loss "
+                "(from the per-epoch test curve; blank without one), mean and 95% t-interval over "
+                "the seeds where it stopped ('stopped': in k of n seeds). Reference rows: the full "
+                "run's validation minimum, and no stopping (the last epoch).",
                 table=stops,
             )
         )
     return [section]
 
 
+# Kept-weight statistics (the restored weights) where the runs logged them, else the last
+# epoch's, which older runs have: (label, kept column, last-epoch column).
+WEIGHT_COLUMNS = (
+    ("weight norm", "kept_l2_norm", "final_l2_norm"),
+    ("exactly 0", "kept_exact_zeros", None),
+    ("|w| < 1e-3", "kept_sparsity/1e-3", "final_sparsity"),
+)
+
+
 def arm_table(arms: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for arm in [a for a in ARMS if a in set(arms["arm"])]:
+    for arm in [a for a in ARMS if a in set(arms["arm"])] + sorted(set(arms["arm"]) - set(ARMS)):
         mine = arms[arms["arm"] == arm]
-        rows.append(
-            {
-                "arm": arm,
-                "seeds": len(mine),
-                "test acc": str(mean_ci(mine["test_acc"])),
-                "val loss": str(mean_ci(mine["selected_val_loss"])),
-                "gap at best epoch": str(mean_ci(mine["best_gap_loss"])),
-                "weight norm": str(mean_ci(mine["kept_l2_norm"])),
-                "sparsity": str(mean_ci(mine["kept_sparsity/1e-3"])),
-                "kept epoch": str(mean_ci(mine["selected_epoch"])),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def stopping_table(arms: pd.DataFrame) -> pd.DataFrame | None:
-    base = arms[arms["arm"] == "baseline"]
-    rules = [c for c in arms.columns if c.startswith("stop_epoch/")]
-    if base.empty or not rules:
-        return None
-    row = {"best epoch": base["best_epoch"].mean()}
-    # Each run scores patience at its own setting: keep the rules the baseline runs recorded.
-    row.update(
-        {
-            c.removeprefix("stop_epoch/"): base[c].mean()
-            for c in sorted(rules)
-            if base[c].notna().any()
+        row = {
+            "arm": arm,
+            "seeds": len(mine),
+            "test acc": str(mean_ci(mine["test_acc"])),
+            "test loss": str(mean_ci(mine["test_loss"])) if "test_loss" in mine else "",
+            "val loss": str(mean_ci(mine["selected_val_loss"])),
+            "gap at best epoch": str(mean_ci(mine["best_gap_loss"])),
+            "kept epoch": str(mean_ci(mine["selected_epoch"])),
         }
-    )
-    return pd.DataFrame([row])
+        for label, kept, last in WEIGHT_COLUMNS:
+            if kept in mine and mine[kept].notna().any():
+                row[f"{label} (kept weights)"] = str(mean_ci(mine[kept]))
+            elif last is not None and last in mine:
+                row[f"{label} (last epoch)"] = str(mean_ci(mine[last]))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def problems_section(problems: pd.DataFrame) -> Section:

@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy
 from mlflow import MlflowClient
 
-from studylib.names import ROLE_TAG
+from studylib.names import KEY_TAG, ROLE_TAG
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/acc", "val/acc")
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -33,8 +33,9 @@ def load_runs(
     """One row per run of the given roles ("trial": sweep trials, "arm": ablation runs).
 
     Columns: run_id, experiment, role, status (studylib's: completed, early_stopped, pruned,
-    diverged, ...), mlflow_status, arch, dataset, seed, trial (sweep trial number or -1), arm
-    ("" for sweep trials), baseline (bool); every param under its config path ("train.l1",
+    diverged, ...), mlflow_status, start_time, arch, dataset, seed, trial (sweep trial number
+    or -1), arm ("" for sweep trials), design (an ablation run's `studylib.ablation_key`, ""
+    for sweep trials), baseline (bool); every param under its config path ("train.l1",
     numbers as numbers); every final metric under its name ("test_acc"); every tag under
     "tag:<name>".
     """
@@ -62,6 +63,7 @@ def load_runs(
             "role": raw[f"tags.{ROLE_TAG}"],
             "status": _column(raw, "tags.studylib.status"),
             "mlflow_status": raw["status"],
+            "start_time": raw["start_time"],
             "arch": _column(raw, "tags.studylib.arch"),
             "dataset": _column(raw, "tags.studylib.dataset"),
             "seed": pd.to_numeric(_column(raw, "params.seed"), errors="coerce"),
@@ -69,6 +71,7 @@ def load_runs(
             .fillna(-1)
             .astype(int),
             "arm": _column(raw, "tags.studylib.arm"),
+            "design": _column(raw, f"tags.{KEY_TAG}"),
             "baseline": _column(raw, "tags.studylib.baseline").eq("true"),
         }
     )

@@ -44,7 +44,10 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     summary = run_ablation(tiny_ablation, settings)
     assert summary.runs_done == len(ARMS) * 2 and summary.runs_skipped == 0
     # l2 had no given strength: it was tuned within its [sweep.search] range, never at 0.
-    assert 1e-6 <= summary.strengths["l2"] <= 1e-2
+    assert 1e-6 <= summary.strengths["l2"]["l2"] <= 1e-2
+    # `all` tuned its own l2 (its only untuned knob here), in a tuning study of its own.
+    assert 1e-6 <= summary.strengths["all"]["l2"] <= 1e-2
+    assert summary.strengths["all"]["dropout"] == 0.3  # given strengths hold for every arm
 
     client = MlflowClient(settings.tracking_uri)
     exp = client.get_experiment_by_name("tiny")
@@ -58,9 +61,11 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     assert (l1["train.l1"], l1["train.l2"], l1["model.dropout"]) == ("0.001", "0.0", "0.0")
     assert l1["train.early_stopping"] == "False" and l1["seed"] == "0"
     assert by_cell[("early_stopping", "1")].data.params["train.early_stopping"] == "True"
-    assert by_cell[("all", "1")].data.params["train.l2"] == str(summary.strengths["l2"])
+    assert by_cell[("all", "1")].data.params["train.l2"] == str(summary.strengths["all"]["l2"])
     tunes = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'tune'")
-    assert {r.data.tags["studylib.arm"] for r in tunes} == {"l2"} and len(tunes) == 2
+    by_arm = {arm: [r for r in tunes if r.data.tags["studylib.arm"] == arm] for arm in ARMS}
+    # tune_trials (2) per knob tuned: l2 alone tunes l2; `all` tunes l2 (the rest is given).
+    assert {arm: len(runs) for arm, runs in by_arm.items() if runs} == {"l2": 2, "all": 2}
     # Tuned on its own seed (split, init, batch order), never an evaluation seed, and named.
     assert {r.data.tags["studylib.seed"] for r in tunes} == {"1001"}
     assert {r.data.params["seed"] for r in tunes} == {"1001"}
@@ -89,7 +94,8 @@ def test_ablation_report_has_claims_curves_and_intervals(study_report):
     assert len(claim_rows) == 1
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", claim_rows[0])[1:-1]]
     assert cells[:2] == ["tiny", "mlp"]
-    assert cells[4] in {"supported", "contradicted", "inconclusive"}
+    assert cells[2] == "L1 drives more weights to zero than L2"
+    assert cells[12] in {"supported", "contradicted", "inconclusive"}  # the verdict column
     assert "## Leaderboard: test accuracy" in markdown and "ablation" in markdown
     assert "## Architectures side by side" not in markdown  # one architecture only
     assert "tiny / mlp: sweep" in markdown and "tiny / mlp: ablation over seeds" in markdown
@@ -111,8 +117,9 @@ def test_all_arm_tunes_its_knobs_jointly_without_single_arms(tiny, settings, tmp
     exp = Experiment.model_validate(raw)
     summary = run_ablation(exp, settings)
     assert summary.runs_done == 2
-    assert set(summary.strengths) == {"dropout", "l1", "l2", "weight_decay", "patience"}
-    assert summary.strengths["l1"] > 0 and summary.strengths["patience"] == 2
+    joint = summary.strengths["all"]
+    assert set(joint) == {"dropout", "l1", "l2", "weight_decay", "patience"}
+    assert joint["l1"] > 0 and joint["patience"] == 2
     index = write_report(settings.tracking_uri, ["tiny"], tmp_path / "r")
     board = (index.parent / "report.md").read_text().split("## Leaderboard")[1].split("##")[0]
     assert "published test acc" in board and "0.5000" in board
