@@ -20,7 +20,14 @@ at most MAX_RETRIES times, with Optuna's system attributes `failed_trial` and `r
 heartbeat's stale trials). A diverged trial is a result, never retried.
 
 All of this runs under the study's lock (`studylib.locks`), so exactly one worker acts on each
-dead trial.
+dead trial, before each claim and, while trials train, from a watcher thread (claim.watch).
+
+Parent runs. A sweep's parent MLflow run names its owner in a tag (`studylib.worker`). An owner
+that is a process (host, boot, pid, start time) is judged like a trial's worker: it is gone when
+its process is gone from this machine, or when the heartbeat found it dead (its trials went
+silent). Whichever worker finds that closes the parent run as KILLED. Any other owner (a job of
+a launcher that outlives its processes, `{"job": ...}`) is alive for as long as its launcher
+says: such a parent is never closed here.
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
 from studylib.tracking import Tracker
 
-RETRYABLE = ("killed", "interrupted", "tracking", "refused")
+# Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
+RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
 UNOWNED_GRACE_SECONDS = 60.0
 
 
@@ -126,10 +134,28 @@ def _worker(pid: int) -> Worker:
     return Worker(socket.gethostname(), _boot_id(), pid, _process_started(pid) or "")
 
 
-def fail_dead_trials(
+def recover(
     study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker, heartbeat: bool
 ) -> list[str]:
-    """Fail the RUNNING trials whose worker is gone; close their MLflow runs as KILLED."""
+    """Everything a worker does for the dead, under the study's lock: their trials failed and
+    queued again, the parent runs they owned closed. One note per thing done."""
+    dead: set[Worker] = set()
+    notes = fail_dead_trials(study, storage, tracker, heartbeat, dead)
+    if dead:
+        notes += close_dead_sweeps(tracker, dead)
+    return notes + queue_retries(study)
+
+
+def fail_dead_trials(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    heartbeat: bool,
+    dead: set[Worker] | None = None,
+) -> list[str]:
+    """Fail the RUNNING trials whose worker is gone; close their MLflow runs as KILLED. The
+    workers found dead are added to `dead`."""
+    dead = set() if dead is None else dead
     notes = []
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if heartbeat and running:
@@ -143,6 +169,8 @@ def fail_dead_trials(
             if states[trial.number] == TrialState.FAIL:
                 owner = Worker.from_attr(trial.user_attrs.get(OWNER_ATTR))
                 who = owner.describe() if owner else "an unknown worker"
+                if owner is not None:
+                    dead.add(owner)
                 reason = f"no heartbeat from {who} within the grace period"
                 notes.append(_close_killed(trial, tracker, reason))
         running = [t for t in running if states[t.number] == TrialState.RUNNING]
@@ -157,6 +185,7 @@ def fail_dead_trials(
             reason = f"running for over {UNOWNED_GRACE_SECONDS:.0f} s without a known worker"
         elif owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
+            dead.add(owner)
         else:
             continue  # alive, or on another machine: the heartbeat's business
         try:
@@ -214,15 +243,25 @@ def queue_retries(study: optuna.Study) -> list[str]:
 # MLflow records of finished trials
 
 
-def close_dead_sweeps(tracker: Tracker) -> list[str]:
-    """Parent runs of sweeps whose worker died on this machine: closed as KILLED."""
+def close_dead_sweeps(
+    tracker: Tracker, dead: set[Worker] | frozenset[Worker] = frozenset()
+) -> list[str]:
+    """Open parent runs of sweeps whose owner is a process found dead (`dead`, by the heartbeat
+    or here) or gone from this machine: closed as KILLED. A parent owned by anything but a
+    process (a launcher's job) is left to its launcher."""
     notes = []
     for run in tracker.open_runs("sweep"):
         owner = Worker.from_attr(_json(run.data.tags.get(OWNER_ATTR)))
-        if owner is not None and owner.on_this_machine() and owner.is_gone():
+        if owner is None:
+            continue  # no process owns it: a job, or a run of an older studylib
+        if owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
-            if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
-                notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+        elif owner in dead:
+            reason = f"its worker ({owner.describe()}) stopped sending heartbeats"
+        else:
+            continue
+        if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
+            notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
     return notes
 
 

@@ -35,13 +35,13 @@ from studylib.names import (
 )
 from studylib.redact import redact
 from studylib.sweep.loops import open_share, trial_loop
+from studylib.sweep.preflight import check_sweep
 from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps
 from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
-from studylib.sweep.workers import check_workers, run_workers
+from studylib.sweep.workers import run_workers
 from studylib.tracking import environment_tags, group_tags, open_tracker
 from studylib.train import resolve_device
-from studylib.train.population import Population, check_population_search
 
 
 @dataclass
@@ -53,14 +53,6 @@ class SweepSummary:
     best_value: float | None
     best_trial: int | None
     seconds: float
-
-
-def check_speedups(exp: Experiment, settings: Settings, workers: int, population: int) -> None:
-    """Bad --workers / --population settings as one ConfigError, before anything runs."""
-    if workers > 1:
-        check_workers(workers, settings.storage)
-    if population > 1:
-        check_population_search(exp)
 
 
 def run_sweep(
@@ -78,15 +70,13 @@ def run_sweep(
     > 1 that many trials train at once as one batched model (loops.run_population).
     """
     started = time.monotonic()
-    check_speedups(exp, settings, workers, population)
+    check_sweep([exp], settings, workers, population)  # nothing is opened before it passes
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
     with stop_on_signals():
         progress = Progress(total, 0, settings.progress)
         share = open_share(exp, settings, total, progress, new_study=new_study)
         exp, study, tracker = share.exp, share.study, share.tracker
-        if population > 1:  # a model vmap cannot map is refused before any trial is claimed
-            Population([exp], share.splits)
         for note in close_dead_sweeps(tracker):
             say(note)
         lacking = audit_records(study, tracker)
