@@ -387,8 +387,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from studylib.report import write_reports
     from studylib.sweep.preflight import check_folder, check_readable
 
-    check_readable(parse_tracking_uri(args.tracking_uri), "--tracking-uri")
     check_folder(args.out, "--out", str(args.out))
+    check_readable(parse_tracking_uri(args.tracking_uri), "--tracking-uri")
     storage = parse_storage(args.storage)
     # The default journal may simply not exist (a study on PostgreSQL, say): then the report
     # lists what MLflow holds. A storage the user named must be there.

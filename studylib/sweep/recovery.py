@@ -46,18 +46,28 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from studylib.config import Experiment
 from studylib.names import (
+    ARCH_TAG,
     BASELINE_ATTR,
+    DATASET_TAG,
+    DIVERGED_ATTR,
     FAILURE_ATTR,
     OWNER_ATTR,
     REASON_ATTR,
     REASON_TAG,
+    RELOGGED_TAG,
+    ROLE_TAG,
     RUN_ID_ATTR,
+    RUN_SEED_TAG,
     STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
 )
 from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
-from studylib.tracking import Tracker
+from studylib.sweep.trial import TrialPlan, trial_plan
+from studylib.tracking import Tracker, group_tags
 
 # Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
 RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
@@ -273,13 +283,18 @@ def _json(text: str | None) -> Any:
 
 
 def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
-    """Finished trials whose MLflow run is missing or was left open; open ones are closed."""
-    runs = tracker.run_states("trial")
+    """Finished trials whose MLflow run is missing or was left open; open ones are closed. A
+    trial with a run of its number (one re-logged from Optuna) is not missing."""
+    found = tracker.search_runs(f"tags.`{ROLE_TAG}` = 'trial'")
+    runs = {run.info.run_id: run.info.status for run in found}
+    numbered = {run.data.tags.get(TRIAL_TAG) for run in found}
     lacking = []
     for trial in study.get_trials(deepcopy=False):
         if not trial.state.is_finished():
             continue
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if (run_id is None or run_id not in runs) and str(trial.number) in numbered:
+            continue  # re-logged: Optuna cannot point a finished trial at its new run
         if run_id is None:
             lacking.append(f"{trial.number} (no run)")
         elif run_id not in runs:
@@ -297,3 +312,90 @@ def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
             )
             lacking.append(f"{trial.number} (run {run_id} left open, closed as {status})")
     return lacking
+
+
+def relog_missing(
+    study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str | None
+) -> list[int]:
+    """Finished trials without any MLflow run of theirs (never written, or lost with a damaged
+    database): each gets a run made from what Optuna holds, under `parent_id`. Returns their
+    numbers. What Optuna does not hold (the train curves, weights, most final metrics) stays
+    missing, and the run says so (`studylib.relogged_from = optuna`)."""
+    numbered = {
+        run.data.tags.get(TRIAL_TAG) for run in tracker.search_runs(f"tags.`{ROLE_TAG}` = 'trial'")
+    }
+    relogged = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.is_finished() and str(trial.number) not in numbered:
+            relog_trial(exp, trial, tracker, parent_id)
+            relogged.append(trial.number)
+    return relogged
+
+
+def relog_trial(
+    exp: Experiment, trial: FrozenTrial, tracker: Tracker, parent_id: str | None
+) -> str:
+    """One finished trial's run, from Optuna: its config (the parameters it took), its
+    validation curve (the values it reported for pruning), its value and the results it kept
+    as attributes, its ending and reason. Returns the run id."""
+    try:
+        plan = trial_plan(exp, trial, trial.system_attrs.get("failed_trial"))
+    except ValueError:  # a trial that died before taking all its parameters: the base config
+        plan = TrialPlan(
+            exp,
+            f"trial-{trial.number:04d}",
+            {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)},
+        )
+    status, run_status, reason = _ending(trial, plan.exp)
+    tags = {
+        **plan.tags,
+        **group_tags(exp),
+        ARCH_TAG: exp.model.arch,
+        DATASET_TAG: exp.data.name,
+        RUN_SEED_TAG: str(exp.seed),
+        RELOGGED_TAG: "optuna",
+    }
+    run = tracker.start_run(plan.run_name, tags=tags, parent_id=parent_id)
+    params = {**plan.exp.flat(), **{f"optuna.{k}": v for k, v in trial.params.items()}}
+    run.log_params(params)
+    for epoch, value in sorted(trial.intermediate_values.items()):
+        run.log_epoch(epoch, {"val/loss": value})
+    final: dict[str, float] = {}
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        attrs = trial.user_attrs
+        final = {k: attrs[k] for k in RESULT_ATTRS if isinstance(attrs.get(k), int | float)}
+        final["selected_val_loss"] = trial.value
+        if "best_epoch" in final and "stopped_epoch" in final:
+            stops = plan.exp.train.early_stopping
+            final["selected_epoch"] = final["best_epoch" if stops else "stopped_epoch"]
+        if trial.intermediate_values:
+            final["best_val_loss"] = min(trial.intermediate_values.values())
+    run.finish(
+        run_status,
+        tags={STATUS_TAG: status, REASON_TAG: reason},
+        metrics={k: float(v) for k, v in final.items()},
+    )
+    return run.run_id
+
+
+# The results a completed trial keeps as Optuna attributes (claim.record_outcome).
+RESULT_ATTRS = ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc")
+
+
+def _ending(trial: FrozenTrial, exp: Experiment) -> tuple[str, str, str]:
+    """(studylib status, MLflow status, reason) of a finished trial, from Optuna alone."""
+    note = "re-logged from Optuna: its own MLflow run was lost or never written"
+    if trial.state == TrialState.COMPLETE:
+        stopped = trial.user_attrs.get("stopped_epoch")
+        early = exp.train.early_stopping and stopped is not None and stopped < exp.train.max_epochs
+        return ("early_stopped" if early else "completed"), "FINISHED", note
+    if trial.state == TrialState.PRUNED:
+        last = max(trial.intermediate_values, default=0)
+        return "pruned", "FINISHED", f"pruned at epoch {last}; {note}"
+    if trial.user_attrs.get(DIVERGED_ATTR):
+        return "diverged", "FAILED", f"{trial.user_attrs[DIVERGED_ATTR]}; {note}"
+    failure = trial.user_attrs.get(FAILURE_ATTR, "")
+    reason = f"{failure or 'failed'}: {trial.user_attrs.get(REASON_ATTR, 'no reason recorded')}"
+    if failure in ("killed", "interrupted"):
+        return "killed", "KILLED", f"{reason}; {note}"
+    return "crashed", "FAILED", f"{reason}; {note}"
