@@ -999,11 +999,11 @@ def postgres_workers(folder: Path, n: int = 4, per_worker: int = 5) -> Outcome:
     return outcome
 
 
-def two_running(storage: str, name: str = STUDY):
-    """Two RUNNING trials of different workers, each with its MLflow run and an epoch, once a
-    trial has completed: (one, other), else None."""
+def two_running(storage: str, name: str = STUDY, completed: int = 1):
+    """Two RUNNING trials of different workers, each with its MLflow run and an epoch, once
+    `completed` trials have completed: (one, other), else None."""
     trials = trials_of(storage, name)
-    if not any(t.state == TrialState.COMPLETE for t in trials):
+    if sum(t.state == TrialState.COMPLETE for t in trials) < completed:
         return None
     running = [
         t
@@ -1029,6 +1029,14 @@ def state_of(storage: str, number: int) -> TrialState:
     return {t.number: t.state for t in trials_of(storage)}[number]
 
 
+def trains(storage: str, pid: int) -> bool:
+    """Whether process `pid` holds a RUNNING trial (it is training, not between trials)."""
+    return any(
+        t.state == TrialState.RUNNING and t.user_attrs.get(OWNER_ATTR, {}).get("pid") == pid
+        for t in trials_of(storage)
+    )
+
+
 def postgres_heartbeat(folder: Path, heartbeat: int = 2) -> Outcome:
     """Two sweeps on PostgreSQL; one, which passes for another machine's (its trial and its
     sweep run name another host), is killed mid-trial. The survivor's watcher must fail and
@@ -1043,17 +1051,18 @@ def postgres_heartbeat(folder: Path, heartbeat: int = 2) -> Outcome:
     if reason:
         outcome.lost, outcome.observed = None, f"skipped: {reason}"
         return outcome
-    total = 5
-    exp = write_experiment(folder, epochs=4 * MID_TRIAL_EPOCHS, trials=total)
+    # Trials long enough (~10 s here) that the survivor is still in its own when the dead
+    # one's is failed: that is what "found while trials train" means.
+    total = 3  # the two that start together, and the dead one's retry
+    exp = write_experiment(folder, epochs=10 * MID_TRIAL_EPOCHS, trials=total)
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
     with postgres_database("heartbeat") as storage:
         argv = sweep_argv(
             exp, "--storage", storage, "--tracking-uri", tracking, "--heartbeat", str(heartbeat)
         )
         procs = start_together(folder, 2, argv)
-        one, other = wait_until(lambda: two_running(storage), 300, "two trials mid-way")
+        victim, _ = wait_until(lambda: two_running(storage, completed=0), 300, "two mid-way")
         by_pid = {p.pid: p for p in procs}
-        victim, survivor = one, other
         victim_proc = by_pid[victim.user_attrs[OWNER_ATTR]["pid"]]
         survivor_proc = next(p for p in procs if p is not victim_proc)
         # Pretend it runs on another machine: no process check can see it die, only the
@@ -1064,15 +1073,15 @@ def postgres_heartbeat(folder: Path, heartbeat: int = 2) -> Outcome:
         parent = sweep_run_of(tracking, victim_proc.pid)
         MlflowClient(tracking).set_tag(parent.info.run_id, OWNER_ATTR, json.dumps(owner))
         before = snapshot(storage, tracking)
-        victim_proc.stop(signal.SIGKILL)
         killed_at = time.monotonic()
+        victim_proc.stop(signal.SIGKILL)
         wait_until(lambda: state_of(storage, victim.number) == TrialState.FAIL, 120, "its FAIL")
         seconds = time.monotonic() - killed_at
-        training = state_of(storage, survivor.number) == TrialState.RUNNING
+        training = trains(storage, survivor_proc.pid)
         outcome.check(
             seconds <= 3 * heartbeat, f"failed {seconds:.1f} s after the kill (> 3 heartbeats)"
         )
-        outcome.check(training, "the survivor's own trial had ended: not found while training")
+        outcome.check(training, "the survivor was between trials: not found while training")
         wait_until(
             lambda: MlflowClient(tracking).get_run(parent.info.run_id).info.status == "KILLED",
             60,
@@ -1105,22 +1114,22 @@ def survivor_recovers(folder: Path) -> Outcome:
         "survivor fails + queues its trial while training (seconds), closes its parent run, "
         "exit 0, exact total",
     )
-    total = 5
-    exp = write_experiment(folder, epochs=4 * MID_TRIAL_EPOCHS, trials=total)
+    total = 3  # the two that start together, and the dead one's retry
+    exp = write_experiment(folder, epochs=10 * MID_TRIAL_EPOCHS, trials=total)
     storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
     procs = start_together(folder, 2, sweep_argv(exp))
-    victim, survivor = wait_until(lambda: two_running(storage), 300, "two trials mid-way")
+    victim, _ = wait_until(lambda: two_running(storage, completed=0), 300, "two trials mid-way")
     by_pid = {p.pid: p for p in procs}
     victim_proc = by_pid[victim.user_attrs[OWNER_ATTR]["pid"]]
     survivor_proc = next(p for p in procs if p is not victim_proc)
     parent = sweep_run_of(tracking, victim_proc.pid)
     before = snapshot(storage, tracking)
-    victim_proc.stop(signal.SIGKILL)
     killed_at = time.monotonic()
+    victim_proc.stop(signal.SIGKILL)
     wait_until(lambda: state_of(storage, victim.number) == TrialState.FAIL, 120, "its FAIL")
     seconds = time.monotonic() - killed_at
-    training = state_of(storage, survivor.number) == TrialState.RUNNING
-    outcome.check(training, "the survivor's own trial had ended: not found while training")
+    training = trains(storage, survivor_proc.pid)
+    outcome.check(training, "the survivor was between trials: not found while training")
     wait_until(
         lambda: MlflowClient(tracking).get_run(parent.info.run_id).info.status == "KILLED",
         60,

@@ -492,7 +492,7 @@ class Settings:
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
     speed: Speed = DEFAULT_SPEED
-    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 3x this fail
+    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 2x this fail
     tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
 
