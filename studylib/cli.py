@@ -297,7 +297,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.seed is not None:
         # Another seed is another split: its trials must not mix with the file's seed.
         experiments = [
-            _with_flag(exp, "--seed", {"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+            _with_flag(
+                exp, "--seed", args.seed, {"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"}
+            )
             if args.seed != exp.seed
             else exp
             for exp in experiments
@@ -344,16 +346,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_flag(exp: Experiment, flag: str, values: dict) -> Experiment:
-    """`exp` with a flag's values, or one line naming the flag when they do not fit."""
+def _with_flag(exp: Experiment, flag: str, given: object, values: dict) -> Experiment:
+    """`exp` with the values a flag sets, or one line naming the flag when they do not fit
+    (`--seed` makes the name `<name>-seed<N>`, which has a length limit of its own)."""
     try:
         return exp.with_values(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "experiment"
-        raise ConfigError(
-            f"{flag} = {values.get('seed', values)}: {field}: {first['msg']}"
-        ) from None
+        raise ConfigError(f"{flag} = {given}: {field}: {first['msg']}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -383,9 +384,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    # start-up cost: see main
-    from studylib.report import write_reports
-    from studylib.sweep.preflight import check_folder, check_readable
+    from studylib.report import write_reports  # start-up cost: see main
+    from studylib.sweep.preflight import check_folder, check_readable  # start-up cost: see main
 
     check_folder(args.out, "--out", str(args.out))
     check_readable(parse_tracking_uri(args.tracking_uri), "--tracking-uri")

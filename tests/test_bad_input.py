@@ -311,6 +311,11 @@ REFUSALS = {
         ["--tracking-uri", "foo://bar"],
         "--tracking-uri = 'foo://bar': unknown scheme 'foo'",
     ),
+    "--seed making the name too long": (
+        STUDY.replace('name = "study"', f'name = "{"n" * 95}"'),
+        ["--seed", "7"],
+        "--seed = 7: name: String should have at most 100 characters",
+    ),
     # 6. accepted though meaningless
     "l1 = inf": (STUDY.replace("[train]", "[train]\nl1 = inf"), [], "train.l1 = inf"),
     "l2 = inf": (STUDY.replace("[train]", "[train]\nl2 = inf"), [], "train.l2 = inf"),
