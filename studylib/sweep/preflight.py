@@ -85,7 +85,7 @@ def check_experiment(
         check_data(exp.data, settings.cache_dir)
         check_memory(exp, device)
         if population > 1:
-            check_population(exp)
+            check_population(exp, population)
     except ConfigError as exc:
         if source is None:
             raise
@@ -245,12 +245,18 @@ def _short(exp: Experiment) -> str:
 # Populations
 
 
-def check_population(exp: Experiment) -> None:
+def check_population(exp: Experiment, population: int = 2) -> None:
     """`--population`: what population training does not implement, then a dry run of the
     batched model on two examples of the data's shape (nothing is read, nothing written)."""
-    check_population_search(exp)
-    shape = exp.data.input_shape
-    assert shape is not None  # check_population_search refuses token data
-    x = torch.zeros((2, *shape))
-    y = torch.zeros(2, dtype=torch.long)
-    Population([exp], Splits(x, y, x, y, x, y, num_classes=NUM_CLASSES_BOUND))
+    try:
+        check_population_search(exp)
+        shape = exp.data.input_shape
+        assert shape is not None  # check_population_search refuses token data
+        x = torch.zeros((2, *shape))
+        y = torch.zeros(2, dtype=torch.long)
+        Population([exp], Splits(x, y, x, y, x, y, num_classes=NUM_CLASSES_BOUND))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--population = {population} with model.arch = {exp.model.arch!r}: {exc}; "
+            "allowed: sweep this experiment without --population"
+        ) from None
