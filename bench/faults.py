@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +38,8 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from studylib.names import FAILURE_ATTR, OWNER_ATTR, RUN_ID_ATTR
+from studylib.names import FAILURE_ATTR, OWNER_ATTR, REASON_ATTR, RUN_ID_ATTR
+from studylib.sweep.storage import JournalReader, is_record, make_storage
 from studylib.sweep.study import count_done
 
 PYTHON = sys.executable
@@ -51,21 +54,22 @@ MID_TRIAL_EPOCHS = 60
 
 EXPERIMENT = """
 name = "{name}"
-seed = 0
+seed = {seed}
 [data]
-num_train = 600
+num_train = {num_train}
 num_test = 200
 val_fraction = 0.25
-train_examples = 300
+train_examples = {train_examples}
+{data_extra}
 [model]
-arch = "mlp"
-hidden = [32]
+{model}
 [train]
 optimizer = "{optimizer}"
 lr = {lr}
 batch_size = 50
 max_epochs = {epochs}
 early_stopping = false
+{train_extra}
 [sweep]
 trials = {trials}
 [sweep.pruner]
@@ -86,11 +90,28 @@ def write_experiment(
     lr: float = 3e-3,
     optimizer: str = "adam",
     extra: str = "",
+    seed: int = 0,
+    num_train: int = 600,
+    train_examples: int = 300,
+    model: str = 'arch = "mlp"\nhidden = [32]',
+    data_extra: str = "",
+    train_extra: str = "",
 ) -> Path:
     path = folder / f"{name}.toml"
     path.write_text(
         EXPERIMENT.format(
-            name=name, epochs=epochs, trials=trials, lr=lr, optimizer=optimizer, extra=extra
+            name=name,
+            epochs=epochs,
+            trials=trials,
+            lr=lr,
+            optimizer=optimizer,
+            extra=extra,
+            seed=seed,
+            num_train=num_train,
+            train_examples=train_examples,
+            model=model,
+            data_extra=data_extra,
+            train_extra=train_extra,
         )
     )
     return path
@@ -195,12 +216,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
 # Reading Optuna and MLflow back
 
 
-@functools.cache
 def _storage(storage: str) -> optuna.storages.BaseStorage:
-    # One storage object per location: a journal is then read incrementally, so polling it
-    # every 0.1 s costs milliseconds, not a replay of the whole file.
-    from studylib.sweep.storage import make_storage
+    """The harness reads a journal without writing (no lock, no repair: what the workers do
+    to a torn journal is what a scenario checks); a database through Optuna."""
+    if "://" not in storage:
+        return optuna.storages.JournalStorage(JournalReader(storage))
+    return _database(storage)
 
+
+@functools.cache
+def _database(storage: str) -> optuna.storages.BaseStorage:
     return make_storage(storage)
 
 
@@ -211,7 +236,7 @@ def load_study(storage: str, name: str = STUDY) -> optuna.Study:
 def trials_of(storage: str, name: str = STUDY) -> list[FrozenTrial]:
     try:
         return load_study(storage, name).get_trials(deepcopy=False)
-    except KeyError:  # not created yet
+    except (KeyError, FileNotFoundError):  # not created yet
         return []
 
 
@@ -845,35 +870,86 @@ BAD_FILES = {
     "out of range": b'name = "x"\n[model]\ndropout = 1.5\n',
     "binary": bytes(range(256)),
 }
+# Issue 13's inputs, each a change to a valid experiment (EXPERIMENT) or its command line.
+BAD_CHANGES: dict[str, tuple[dict[str, Any], list[str], str]] = {
+    # label: (write_experiment arguments, extra flags, what the one line must say)
+    "search range past its field": (
+        {"extra": "[sweep.search.lr]\nlow = 1e-3\nhigh = 100\nlog = true\n"},
+        [],
+        "train.lr does not accept it",
+    ),
+    "search range to inf": (
+        {"extra": "[sweep.search.lr]\nlow = 1e-3\nhigh = inf\nlog = true\n"},
+        [],
+        "sweep.search.lr.high = inf",
+    ),
+    "train_examples past the split": ({"train_examples": 100000}, [], "data.train_examples"),
+    "seed past the RNGs": ({"seed": 10**20}, [], "seed = 100000000000000000000"),
+    "negative generation seed": ({"data_extra": "generation_seed = -5"}, [], "generation_seed"),
+    "l1 = inf": ({"train_extra": "l1 = inf"}, [], "train.l1 = inf"),
+    "l2 = inf": ({"train_extra": "l2 = inf"}, [], "train.l2 = inf"),
+    "min_delta = inf": ({"train_extra": "min_delta = inf"}, [], "train.min_delta = inf"),
+    "num_train = 10**12": ({"num_train": 10**12}, [], "data.num_train = 1000000000000"),
+    "max_epochs = 10**12": ({"epochs": 10**12}, [], "train.max_epochs = 1000000000000"),
+    "batch-norm CNN population": (
+        {"model": 'arch = "cnn"\nbatch_norm = true\nsize_rule = "floor"'},
+        ["--population", "2"],
+        "BatchNorm1d",
+    ),
+    "--seed past the RNGs": ({}, ["--seed", "99999999999999999999"], "argument --seed"),
+    "--storage foo://bar": ({}, ["--storage", "foo://bar"], "--storage = 'foo://bar'"),
+    "--storage ''": ({}, ["--storage", ""], "--storage = '': empty"),
+    "--storage /proc/x.journal": ({}, ["--storage", "/proc/x.journal"], "cannot write in /proc"),
+    "--tracking-uri foo://bar": ({}, ["--tracking-uri", "foo://bar"], "--tracking-uri = "),
+    "--device cuda": ({}, ["--device", "cuda"], "--device = cuda"),
+}
 
 
-def _files(folder: Path) -> list[str]:
-    """Everything under `folder` but the scenario's own output captures."""
-    return sorted(
-        str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.startswith("proc-")
-    )
+def _bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes, but the scenario's own output captures."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith("proc-")
+    }
 
 
 def bad_input(folder: Path) -> Outcome:
+    """Malformed files and issue 13's bad inputs, each as its own `studylib` process in a
+    folder that holds a finished study: exit 2, one line naming the problem, no traceback,
+    every file byte-identical afterwards."""
+    import torch  # start-up cost: only to know whether --device cuda can be refused here
+
+    changes = {k: v for k, v in BAD_CHANGES.items() if k != "--device cuda"}
+    if not torch.cuda.is_available():
+        changes["--device cuda"] = BAD_CHANGES["--device cuda"]
+    total = len(BAD_FILES) + len(changes) + 1
     outcome = Outcome(
-        f"{len(BAD_FILES)} malformed experiment files",
-        "each: exit 2, one line naming the problem, no traceback, nothing written",
+        f"{total} bad inputs: malformed files, out-of-bounds fields and ranges, bad flags",
+        "each: exit 2, one line naming it, no traceback, folder byte-identical",
     )
     work = folder / "bad"
     work.mkdir()
+    ok = run(work, sweep_argv(write_experiment(work, name="held", epochs=2, trials=2)))
+    outcome.check(ok.wait() == 0, f"the study the folder holds: exit {ok.wait()}")
+    cases: list[tuple[str, list[str], str]] = []
     for label, content in BAD_FILES.items():
-        path = work / "broken.toml"
-        path.write_bytes(content)
-        listing = _files(work)
-        proc = run(work, sweep_argv(path))
+        (work / f"{label.replace(' ', '-')}.toml").write_bytes(content)
+        cases.append((label, sweep_argv(work / f"{label.replace(' ', '-')}.toml"), ".toml"))
+    for label, (fields, flags, said) in changes.items():
+        path = write_experiment(work, name=f"bad{len(cases)}", **fields)
+        cases.append((label, sweep_argv(path, *flags), said))
+    cases.append(("report --out /proc/x", ["report", "--out", "/proc/x"], "--out = /proc/x"))
+    for label, argv, said in cases:
+        before = _bytes(work)
+        proc = run(work, argv)
         lines = proc.stderr().strip().splitlines()
         outcome.check(proc.wait() == 2, f"{label}: exit {proc.wait()}")
-        outcome.check(len(lines) == 1 and "broken.toml" in lines[0], f"{label}: {lines}")
-        written = _files(work)
-        outcome.check(written == listing, f"{label}: wrote {set(written) - set(listing)}")
-    outcome.observed = (
-        f"{len(BAD_FILES) - len(outcome.failures)} of {len(BAD_FILES)} refused cleanly"
-    )
+        outcome.check(len(lines) == 1 and said in lines[0], f"{label}: {lines[-3:]}")
+        _no_traceback(outcome, proc, label)
+        after = _bytes(work)
+        outcome.check(after == before, f"{label}: changed {sorted(set(after) ^ set(before))}")
+    outcome.observed = f"{total - len(outcome.failures)} of {total} refused cleanly"
     return outcome
 
 
@@ -923,41 +999,404 @@ def postgres_workers(folder: Path, n: int = 4, per_worker: int = 5) -> Outcome:
     return outcome
 
 
-def postgres_heartbeat(folder: Path) -> Outcome:
+def two_running(storage: str, name: str = STUDY, completed: int = 1):
+    """Two RUNNING trials of different workers, each with its MLflow run and an epoch, once
+    `completed` trials have completed: (one, other), else None."""
+    trials = trials_of(storage, name)
+    if sum(t.state == TrialState.COMPLETE for t in trials) < completed:
+        return None
+    running = [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING and t.user_attrs.get(RUN_ID_ATTR) and t.intermediate_values
+    ]
+    by_pid = {t.user_attrs[OWNER_ATTR]["pid"]: t for t in running}
+    return tuple(by_pid.values())[:2] if len(by_pid) >= 2 else None
+
+
+def sweep_run_of(tracking_uri: str, pid: int, name: str = STUDY) -> Any:
+    """The open sweep (parent) run that process `pid` owns."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    for run_ in client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'sweep'"):
+        owner = json.loads(run_.data.tags.get(OWNER_ATTR, "{}"))
+        if owner.get("pid") == pid:
+            return run_
+    return None
+
+
+def state_of(storage: str, number: int) -> TrialState:
+    return {t.number: t.state for t in trials_of(storage)}[number]
+
+
+def trains(storage: str, pid: int) -> bool:
+    """Whether process `pid` holds a RUNNING trial (it is training, not between trials)."""
+    return any(
+        t.state == TrialState.RUNNING and t.user_attrs.get(OWNER_ATTR, {}).get("pid") == pid
+        for t in trials_of(storage)
+    )
+
+
+def postgres_heartbeat(folder: Path, heartbeat: int = 2) -> Outcome:
+    """Two sweeps on PostgreSQL; one, which passes for another machine's (its trial and its
+    sweep run name another host), is killed mid-trial. The survivor's watcher must fail and
+    queue its trial within three heartbeats, while the survivor's own trial trains, and close
+    the dead sweep's parent run."""
     outcome = Outcome(
-        "worker on another machine killed (PostgreSQL heartbeat 1 s)",
-        "its trial FAIL after the grace period, run KILLED, retried with same params",
+        f"worker on another machine killed mid-trial (PostgreSQL, --heartbeat {heartbeat})",
+        "its trial FAIL + queued within 3 heartbeats while the survivor trains; run and parent "
+        "run KILLED; retried with same params; exact total",
     )
     reason = postgres_unreachable()
     if reason:
         outcome.lost, outcome.observed = None, f"skipped: {reason}"
         return outcome
-    total = 3
-    exp = write_experiment(folder, epochs=MID_TRIAL_EPOCHS, trials=total)
+    # Trials long enough (~10 s here) that the survivor is still in its own when the dead
+    # one's is failed: that is what "found while trials train" means.
+    total = 3  # the two that start together, and the dead one's retry
+    exp = write_experiment(folder, epochs=10 * MID_TRIAL_EPOCHS, trials=total)
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
     with postgres_database("heartbeat") as storage:
-        argv = sweep_argv(exp, "--storage", storage, "--tracking-uri", tracking, "--heartbeat", "1")
-        first = start(folder, argv)
-        victim = wait_until(lambda: running_mid_trial(storage), 240, "a trial mid-way")
-        first.stop(signal.SIGKILL)
-        before = snapshot(storage, tracking)
-        # Pretend it ran on another machine: the process check cannot see it, only the
-        # heartbeat can.
-        study = load_study(storage)
+        argv = sweep_argv(
+            exp, "--storage", storage, "--tracking-uri", tracking, "--heartbeat", str(heartbeat)
+        )
+        procs = start_together(folder, 2, argv)
+        victim, _ = wait_until(lambda: two_running(storage, completed=0), 300, "two mid-way")
+        by_pid = {p.pid: p for p in procs}
+        victim_proc = by_pid[victim.user_attrs[OWNER_ATTR]["pid"]]
+        survivor_proc = next(p for p in procs if p is not victim_proc)
+        # Pretend it runs on another machine: no process check can see it die, only the
+        # heartbeat can; its sweep run too is owned by "another machine".
         owner = dict(victim.user_attrs[OWNER_ATTR], host="another-machine")
+        study = load_study(storage)
         study._storage.set_trial_user_attr(victim._trial_id, OWNER_ATTR, owner)
+        parent = sweep_run_of(tracking, victim_proc.pid)
+        MlflowClient(tracking).set_tag(parent.info.run_id, OWNER_ATTR, json.dumps(owner))
+        before = snapshot(storage, tracking)
         killed_at = time.monotonic()
-        second = run(folder, argv)
-        outcome.check(second.wait() == 0, f"second worker exited {second.wait()}")
+        victim_proc.stop(signal.SIGKILL)
+        wait_until(lambda: state_of(storage, victim.number) == TrialState.FAIL, 120, "its FAIL")
+        seconds = time.monotonic() - killed_at
+        training = trains(storage, survivor_proc.pid)
         outcome.check(
-            f"trial {victim.number}: no heartbeat" in second.stderr(),
-            f"the heartbeat did not catch it: {second.stderr()[-400:]}",
+            seconds <= 3 * heartbeat, f"failed {seconds:.1f} s after the kill (> 3 heartbeats)"
+        )
+        outcome.check(training, "the survivor was between trials: not found while training")
+        wait_until(
+            lambda: MlflowClient(tracking).get_run(parent.info.run_id).info.status == "KILLED",
+            60,
+            "the dead sweep's parent run closed",
+        )
+        code = survivor_proc.wait(600)
+        outcome.check(code == 0, f"the survivor exited {code}: {survivor_proc.stderr()[-400:]}")
+        _no_traceback(outcome, survivor_proc, "survivor")
+        outcome.check(
+            f"trial {victim.number}: no heartbeat" in survivor_proc.stderr(),
+            f"the survivor did not say it: {survivor_proc.stderr()[-400:]}",
         )
         summary = _check_recovered(
             outcome, storage, tracking, victim.number, None, "KILLED", total, before
         )
-        outcome.numbers["seconds"] = round(time.monotonic() - killed_at, 1)
-        outcome.observed = summary
+        outcome.numbers.update(seconds=round(seconds, 1), while_training=training)
+        outcome.observed = (
+            f"FAIL + queued {seconds:.1f} s after the kill (survivor training: {training}); "
+            f"parent run KILLED; {summary}"
+        )
+    return outcome
+
+
+def survivor_recovers(folder: Path) -> Outcome:
+    """kill -9 of one of two sweeps on one journal, mid-trial: the survivor fails and queues
+    the dead one's trial while its own trains, closes the dead sweep's parent run, and ends
+    the study at its total."""
+    outcome = Outcome(
+        "kill -9 of one of two sweeps on one journal, mid-trial",
+        "survivor fails + queues its trial while training (seconds), closes its parent run, "
+        "exit 0, exact total",
+    )
+    total = 3  # the two that start together, and the dead one's retry
+    exp = write_experiment(folder, epochs=10 * MID_TRIAL_EPOCHS, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    procs = start_together(folder, 2, sweep_argv(exp))
+    victim, _ = wait_until(lambda: two_running(storage, completed=0), 300, "two trials mid-way")
+    by_pid = {p.pid: p for p in procs}
+    victim_proc = by_pid[victim.user_attrs[OWNER_ATTR]["pid"]]
+    survivor_proc = next(p for p in procs if p is not victim_proc)
+    parent = sweep_run_of(tracking, victim_proc.pid)
+    before = snapshot(storage, tracking)
+    killed_at = time.monotonic()
+    victim_proc.stop(signal.SIGKILL)
+    wait_until(lambda: state_of(storage, victim.number) == TrialState.FAIL, 120, "its FAIL")
+    seconds = time.monotonic() - killed_at
+    training = trains(storage, survivor_proc.pid)
+    outcome.check(training, "the survivor was between trials: not found while training")
+    wait_until(
+        lambda: MlflowClient(tracking).get_run(parent.info.run_id).info.status == "KILLED",
+        60,
+        "the dead sweep's parent run closed",
+    )
+    code = survivor_proc.wait(600)
+    outcome.check(code == 0, f"the survivor exited {code}: {survivor_proc.stderr()[-400:]}")
+    _no_traceback(outcome, survivor_proc, "survivor")
+    summary = _check_recovered(
+        outcome, storage, tracking, victim.number, "killed", "KILLED", total, before
+    )
+    outcome.numbers.update(seconds=round(seconds, 1), while_training=training)
+    outcome.observed = (
+        f"FAIL + queued {seconds:.1f} s after the kill (survivor training: {training}); parent "
+        f"run KILLED; survivor exit {code}; {summary}"
+    )
+    return outcome
+
+
+def worker_killed(folder: Path) -> Outcome:
+    """`--workers 2`, the worker process (not the main one) killed mid-trial: the main one runs
+    its trial again, the study completes, the command says so, exits 0 and names the worker."""
+    outcome = Outcome(
+        "kill -9 of one of two --workers processes, mid-trial",
+        "the study completes; exit 0; stderr names the killed worker; no 'traceback' claimed",
+    )
+    total = 6
+    exp = write_experiment(folder, epochs=4 * MID_TRIAL_EPOCHS, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    proc = start(folder, sweep_argv(exp, "--workers", "2"))
+
+    def a_worker_mid_trial():
+        found = two_running(storage)
+        if not found:
+            return None
+        return next((t for t in found if t.user_attrs[OWNER_ATTR]["pid"] != proc.pid), None)
+
+    victim = wait_until(a_worker_mid_trial, 300, "the worker process mid-trial")
+    pid = victim.user_attrs[OWNER_ATTR]["pid"]
+    before = snapshot(storage, tracking)
+    os.kill(pid, signal.SIGKILL)
+    code = proc.wait(600)
+    err = proc.stderr()
+    outcome.check(code == 0, f"exit {code}: {err[-400:]}")
+    said = f"(pid {pid}) was killed by SIGKILL"
+    outcome.check(said in err, f"stderr does not name the worker: {err[-400:]}")
+    outcome.check(f"the study holds all {total} trials" in err, "it does not say it completed")
+    outcome.check("traceback" not in err.lower(), "a traceback is printed or claimed")
+    summary = _check_recovered(
+        outcome, storage, tracking, victim.number, "killed", "KILLED", total, before
+    )
+    line = next((x for x in err.splitlines() if said in x), "-").removeprefix("studylib: ")
+    outcome.numbers.update(exit=code)
+    outcome.observed = f"exit {code}: {line}; {summary}"
+    return outcome
+
+
+def _last_record_start(data: bytes) -> int:
+    return data.rindex(b"\n", 0, len(data) - 1) + 1
+
+
+def torn_journal(folder: Path) -> list[Outcome]:
+    """A finished study's journal cut inside its last record (a power cut, a full disk) at
+    three offsets; each time the next sweep repairs it, says so in one line, and completes."""
+    total = 3
+    base = folder / "base"
+    base.mkdir()
+    exp = write_experiment(base, epochs=2, trials=total)
+    first = run(base, sweep_argv(exp))
+    if first.wait() != 0:
+        failed = Outcome("torn journal", "-", f"first sweep exited {first.wait()}", None)
+        failed.failures.append(first.stderr()[-300:])
+        return [failed]
+    data = (base / "optuna.journal").read_bytes()
+    start_ = _last_record_start(data)
+    length = len(data) - start_
+    outcomes = []
+    for keep in (1, length // 2, length - 2):
+        outcome = Outcome(
+            f"journal torn {keep} bytes into its last record ({length}), then sweep",
+            "one line naming the side file; torn bytes moved there; study completes; exit 0",
+        )
+        work = folder / f"cut-{keep}"
+        shutil.copytree(base, work, ignore=shutil.ignore_patterns("proc-*"))
+        journal = work / "optuna.journal"
+        journal.write_bytes(data[: start_ + keep])
+        storage, tracking = str(journal), f"sqlite:///{work / 'mlflow.db'}"
+        before = snapshot(storage, tracking)  # the reader stops at the torn line
+        resume = run(work, sweep_argv(exp))
+        code, err = resume.wait(), resume.stderr()
+        outcome.check(code == 0, f"exit {code}: {err[-300:]}")
+        _no_traceback(outcome, resume, "resume")
+        lines = [x for x in err.splitlines() if "torn tail repaired" in x]
+        sides = sorted(work.glob("optuna.journal.torn-*"))
+        outcome.check(len(lines) == 1 and len(sides) == 1, f"warnings {lines}, side files {sides}")
+        if sides:
+            outcome.check(lines and sides[0].name in lines[0], "the warning names no side file")
+            outcome.check(sides[0].read_bytes() == data[start_ : start_ + keep], "side file bytes")
+        outcome.check(
+            all(is_record(x) for x in journal.read_bytes().splitlines(keepends=True)),
+            "the journal is not whole records",
+        )
+        trials = trials_of(storage)
+        done = counted(trials)
+        outcome.check(done == total, f"{done} of {total} trials")
+        gone = lost(before, snapshot(storage, tracking))
+        outcome.lost = len(gone) + max(0, total - done)
+        outcome.numbers.update(keep=keep, done=done, exit=code)
+        outcome.observed = (
+            f"exit {code}; '{lines[0].split(': ', 2)[-1][:90] if lines else '-'}...'; "
+            f"{done}/{total} trials"
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[str | None]:
+    """A tmpfs of `size` mounted at `folder` (root only); yields None where none can be made."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if made.returncode != 0:
+        yield None
+        return
+    try:
+        yield str(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for chunk in (2**20, 4096, 512, 64, 1):
+            try:
+                while True:
+                    out.write(b"\0" * chunk)
+            except OSError:
+                continue
+    return filler
+
+
+def disk_full(folder: Path) -> Outcome:
+    """The journal's disk fills mid-sweep (a tmpfs filled to the last byte while a trial
+    trains): one line and exit 2, no torn record; a sweep on the full disk is refused before
+    it writes; with space again, the resume completes."""
+    outcome = Outcome(
+        "the journal's disk fills mid-trial, then space is freed",
+        "exit 2, one error line, no traceback, no torn record; refused while full; resume "
+        "completes",
+    )
+    total = 4
+    exp = write_experiment(folder, epochs=4 * MID_TRIAL_EPOCHS, trials=total)
+    with small_disk(folder / "disk", "80m") as disk:
+        if disk is None:
+            outcome.lost, outcome.observed = None, "skipped: cannot mount a tmpfs (needs root)"
+            return outcome
+        storage, tracking = (
+            str(folder / "disk" / "optuna.journal"),
+            f"sqlite:///{folder / 'mlflow.db'}",
+        )
+        argv = sweep_argv(exp, "--storage", storage)
+        proc = start(folder, argv)
+        wait_until(lambda: running_mid_trial(storage), 300, "a trial mid-way")
+        before = snapshot(storage, tracking)
+        filler = fill(folder / "disk")
+        code = proc.wait(300)
+        err = proc.stderr()
+        errors = [x for x in err.splitlines() if x.startswith("studylib: error:")]
+        outcome.check(code == 2, f"exit {code}: {err[-400:]}")
+        _no_traceback(outcome, proc, "sweep")
+        outcome.check(len(errors) == 1 and "no space" in errors[0], f"error lines {errors}")
+        journal = Path(storage).read_bytes()
+        outcome.check(
+            journal.endswith(b"\n") and all(is_record(x) for x in journal.splitlines(True)),
+            "the journal holds a torn record",
+        )
+        refused = run(folder, argv)
+        outcome.check(refused.wait() == 2, f"on a full disk the sweep exited {refused.wait()}")
+        outcome.check("is full" in refused.stderr(), f"refusal: {refused.stderr()[-300:]}")
+        outcome.check(Path(storage).read_bytes() == journal, "the refused sweep wrote")
+        filler.unlink()
+        resume = run(folder, argv)
+        outcome.check(
+            resume.wait() == 0, f"resume exited {resume.wait()}: {resume.stderr()[-300:]}"
+        )
+        trials = trials_of(storage)
+        done = counted(trials)
+        outcome.check(done == total, f"{done} of {total} trials")
+        gone = lost(before, snapshot(storage, tracking))
+        outcome.lost = len(gone) + max(0, total - done)
+        outcome.numbers.update(exit=code, done=done)
+        message = errors[0].removeprefix("studylib: error: ")[:80] if errors else "-"
+        outcome.observed = (
+            f"exit {code}: '{message}...'; journal whole; full-disk sweep refused (exit "
+            f"{refused.wait()}); resume {done}/{total} trials"
+        )
+    return outcome
+
+
+def lost_records(folder: Path) -> Outcome:
+    """MLflow's records lost (a zero-byte mlflow.db) after a sweep that also holds a trial that
+    crashed before its run existed: the report lists that trial; the next sweep re-logs every
+    finished trial from Optuna and says so; the report lists them all."""
+    outcome = Outcome(
+        "zero-byte mlflow.db (every record lost), a trial crashed before its run existed",
+        "report lists the run-less trial; sweep re-logs all from Optuna, names them, exit 0",
+    )
+    total = 3
+    exp = write_experiment(folder, epochs=3, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    first = run(folder, sweep_argv(exp))
+    outcome.check(first.wait() == 0, f"first sweep exited {first.wait()}")
+    # A trial that crashed before its MLflow run existed (what an older studylib left when a
+    # sampled value failed validation): FAIL in Optuna, no run anywhere.
+    writer = optuna.load_study(study_name=STUDY, storage=make_storage(storage))
+    done_trial = [t for t in writer.trials if t.state == TrialState.COMPLETE][-1]
+    writer.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params=done_trial.params,
+            distributions=done_trial.distributions,
+            user_attrs={FAILURE_ATTR: "crashed", REASON_ATTR: "ValidationError: lr above 10"},
+        )
+    )
+    crashed = len(writer.trials) - 1
+    values = {t.number: t.value for t in trials_of(storage) if t.state == TrialState.COMPLETE}
+    report = run(folder, ["report", "--out", str(folder / "r1")])
+    text = (folder / "r1" / STUDY / "report.md").read_text() if report.wait() == 0 else ""
+    listed = (
+        text.split("## Trials without an MLflow run")[-1] if "without an MLflow" in text else ""
+    )
+    outcome.check(f"| {STUDY} | {crashed} | FAIL | crashed |" in listed, "report misses it")
+    (folder / "mlflow.db").write_bytes(b"")
+    for extra in ("mlflow.db-wal", "mlflow.db-shm"):
+        (folder / extra).unlink(missing_ok=True)
+    again = run(folder, sweep_argv(exp))
+    err = again.stderr()
+    outcome.check(again.wait() == 0, f"sweep exited {again.wait()}: {err[-300:]}")
+    said = [x for x in err.splitlines() if "re-logged from Optuna" in x]
+    numbers = ", ".join(str(n) for n in sorted([*values, crashed]))
+    outcome.check(said and f"trials {numbers} had no MLflow run" in said[0], f"said {said}")
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in trial_runs(tracking)}
+    outcome.check(sorted(runs) == sorted([*values, crashed]), f"runs of trials {sorted(runs)}")
+    wrong = [
+        n
+        for n, value in values.items()
+        if n not in runs or abs(runs[n].data.metrics.get("selected_val_loss", -1) - value) > 1e-9
+    ]
+    outcome.check(runs.get(0) and runs[0].data.tags.get("studylib.baseline") == "true", "baseline")
+    outcome.check(
+        crashed in runs and runs[crashed].data.tags.get("studylib.status") == "crashed",
+        "the crashed trial's run",
+    )
+    report = run(folder, ["report", "--out", str(folder / "r2")])
+    text = (folder / "r2" / STUDY / "report.md").read_text() if report.wait() == 0 else ""
+    outcome.check("## Trials re-logged from Optuna" in text, "report does not list them")
+    outcome.check(f"| {crashed} | crashed |" in text, "report misses the crashed trial")
+    outcome.lost = len(wrong)
+    outcome.observed = (
+        f"report before: trial {crashed} listed without a run; sweep exit {again.wait()}: "
+        f"'{said[0].removeprefix('studylib: ')[:70] if said else '-'}...'; "
+        f"{len(runs)} runs, values equal: {not wrong}; report lists them"
+    )
     return outcome
 
 
@@ -971,6 +1410,11 @@ SCENARIOS: dict[str, Callable[[Path], Outcome | list[Outcome]]] = {
     "workers": workers_together,
     "postgres": postgres_workers,
     "heartbeat": postgres_heartbeat,
+    "survivor": survivor_recovers,
+    "worker_killed": worker_killed,
+    "torn": torn_journal,
+    "disk_full": disk_full,
+    "lost_records": lost_records,
     "tracking": tracking_down,
     "mismatch": mismatch,
     "secrets": lambda folder: secrets_scenario(folder),

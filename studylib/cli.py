@@ -9,19 +9,46 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
-from studylib.config import Settings, Speed, load_experiments, parse_assignment
-from studylib.errors import ConfigError
+from pydantic import ValidationError
+
+from studylib.config import (
+    MAX_TRIALS,
+    Experiment,
+    Settings,
+    Speed,
+    SweepConfig,
+    field_refuses,
+    load_experiments,
+    parse_assignment,
+)
+from studylib.errors import ConfigError, Incomplete, disk_full
+from studylib.locations import parse_storage, parse_tracking_uri
 from studylib.redact import install_log_filter, redact, remember
 
-EXIT_BAD_INPUT = 2  # also: a study resumed with other settings
+EXIT_FAILED = 1  # an unexpected error (traceback), or a sweep that ended short of its study
+EXIT_BAD_INPUT = 2  # also: a study resumed with other settings, a full disk
 EXIT_TRACKING_DOWN = 3  # MLflow unreachable past the retry budget; the Optuna study is consistent
 DEFAULTS = Settings()
+MAX_WAIT_SECONDS = 86_400.0  # --heartbeat, --tracking-timeout: past a day, nothing is noticed
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad flags as one line (`studylib: error: ...`) and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_BAD_INPUT, f"studylib: error: {one_line(redact(message))} ({self.prog} -h)\n"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad flag already said in one line (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     # Before anything can print or log a URL: its password is masked everywhere from here on.
     remember(getattr(args, "storage", ""), args.tracking_uri)
     install_log_filter()
@@ -37,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingUnavailable as exc:
         print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
         return EXIT_TRACKING_DOWN
+    except Incomplete as exc:
+        print(f"studylib: error: {one_line(redact(str(exc)))}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         closed = (
@@ -47,10 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"studylib: stopped by {signal.Signals(signum).name}; {closed}", file=sys.stderr)
         return 128 + signum
-    except Exception:
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is not None:  # the disk, not studylib: say which write, and how to go on
+            print(
+                f"studylib: error: a write found no space ({one_line(redact(str(full)))[:300]}); "
+                "free some space and run the command again: the study continues from its "
+                "last whole record",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
         # A bug or an unreachable database: the traceback helps, the password must not leak.
         print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def one_line(text: str) -> str:
@@ -59,7 +98,7 @@ def one_line(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="studylib",
         description="How dropout, L1, L2 / weight decay and early stopping change overfitting.",
     )
@@ -72,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment file (experiments/default.toml) or group file (experiments/all.toml)",
     )
     sweep.add_argument(
-        "--trials", type=_positive_int, help="total trials of the study (resumes count)"
+        "--trials",
+        type=_trials,
+        help=f"total trials of the study (resumes count; at most {MAX_TRIALS:,})",
     )
     _add_backend_args(sweep)
     sweep.add_argument(
@@ -82,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
     sweep.add_argument(
-        "--seed", type=_nonnegative_int, help="override the experiment's seed (a study of its own)"
+        "--seed", type=_seed, help="override the experiment's seed (a study of its own)"
     )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument(
@@ -92,15 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--heartbeat",
-        type=_positive_int,
+        type=_seconds_int,
         default=DEFAULTS.heartbeat_seconds,
         metavar="SECONDS",
-        help="database storage: heartbeat interval; a trial silent 3x this long is retried "
+        help="database storage: heartbeat interval; a trial silent 2x this long is retried "
         f"(default {DEFAULTS.heartbeat_seconds})",
     )
     sweep.add_argument(
         "--tracking-timeout",
-        type=_positive_float,
+        type=_seconds,
         default=DEFAULTS.tracking_retry_seconds,
         metavar="SECONDS",
         help="retry MLflow this long before stopping with an error "
@@ -134,13 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--group", help="only this study group's side-by-side report (and its members')"
     )
     report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
+    report.add_argument(
+        "--storage",
+        default=DEFAULTS.storage,
+        help="the Optuna storage the sweeps used: the report lists every trial it holds, "
+        f"those without an MLflow run too (default {DEFAULTS.storage}; skipped if absent)",
+    )
     _add_backend_args(report)
     report.set_defaults(handler=cmd_report)
 
     ui = commands.add_parser("ui", help="the MLflow UI over the same backend, on 127.0.0.1")
     _add_backend_args(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(handler=cmd_ui)
     return parser
 
@@ -164,7 +211,7 @@ def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> No
         )
         speed.add_argument(
             "--population",
-            type=_positive_int,
+            type=_population,
             default=1,
             help="train this many trials at once as one batched model, in each worker (default 1)",
         )
@@ -181,55 +228,78 @@ def _speed(args: argparse.Namespace) -> Speed:
     return Speed(precision=args.precision, compile=args.compile)
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+def _bounded_int(text: str, most: int, why: str) -> int:
+    value = _positive_int(text)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value}: at most {most:,} ({why})")
     return value
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+def _trials(text: str) -> int:
+    _positive_int(text)  # the file may say 0 (no search); the flag asks for trials
+    return _field_value(text, SweepConfig, "trials")
+
+
+def _seed(text: str) -> int:
+    return _field_value(text, Experiment, "seed")
+
+
+def _field_value(text: str, owner: type, name: str) -> int:
+    """A flag that sets a config field: the field's own bounds decide (config.field_refuses)."""
+    value = _whole(text)
+    problem = field_refuses(owner, name, value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value}: {problem}")
     return value
 
 
-def check_writable_folder(folder: Path, what: str) -> None:
-    """Fail before any training when results could not be written."""
-    folder = folder.resolve()
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: {folder}: folder is not writable")
+def _population(text: str) -> int:
+    return _bounded_int(text, MAX_TRIALS, "a population is trials trained at once")
 
 
-def _check_backends(settings: Settings) -> None:
-    if settings.tracking_uri.startswith("sqlite:///"):
-        db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
-        check_writable_folder(db.parent, "--tracking-uri")
-        check_writable_folder(settings.artifact_root.parent, "MLflow artifacts")
-    if "://" not in settings.storage:
-        check_writable_folder(Path(settings.storage).parent, "--storage")
-    check_writable_folder(settings.cache_dir.parent, "data cache")
+def _port(text: str) -> int:
+    return _bounded_int(text, 65535, "TCP ports end there")
+
+
+def _seconds_int(text: str) -> int:
+    return _bounded_int(text, int(MAX_WAIT_SECONDS), "a day")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
+    if not 0 < value <= MAX_WAIT_SECONDS:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: allowed (0, {MAX_WAIT_SECONDS:.0f}] seconds")
+    return value
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from studylib.sweep import check_speedups, run_ablation, run_sweep  # start-up cost: see main
+    # start-up cost: see main
+    from studylib.sweep import check_sweep, run_ablation, run_sweep
 
     experiments = load_experiments(args.experiment)  # a group file: every member, all validated
     if args.seed is not None:
         # Another seed is another split: its trials must not mix with the file's seed.
         experiments = [
-            exp.with_values({"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"})
+            _with_flag(
+                exp, "--seed", args.seed, {"seed": args.seed, "name": f"{exp.name}-seed{args.seed}"}
+            )
             if args.seed != exp.seed
             else exp
             for exp in experiments
@@ -244,9 +314,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tracking_retry_seconds=args.tracking_timeout,
         speed=_speed(args),
     )
-    _check_backends(settings)
-    for exp in experiments:  # every bad setting is refused before anything runs
-        check_speedups(exp, settings, args.workers, args.population)
+    # Every member, every location, the device, data sizes, memory, --workers and
+    # --population: all refused here, before any store is opened or file written.
+    check_sweep(experiments, settings, args.workers, args.population, source=args.experiment)
     for exp in experiments:
         if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
             summary = run_sweep(
@@ -276,15 +346,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_flag(exp: Experiment, flag: str, given: object, values: dict) -> Experiment:
+    """`exp` with the values a flag sets, or one line naming the flag when they do not fit
+    (`--seed` makes the name `<name>-seed<N>`, which has a length limit of its own)."""
+    try:
+        return exp.with_values(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "experiment"
+        raise ConfigError(f"{flag} = {given}: {field}: {first['msg']}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from studylib.sweep import run_single  # start-up cost: see main
+    from studylib.sweep import check_train, run_single  # start-up cost: see main
 
     overrides = dict(parse_assignment(text) for text in args.assignments)
     experiments = load_experiments(args.experiment, overrides)
     settings = replace(
         DEFAULTS, tracking_uri=args.tracking_uri, device=args.device, speed=_speed(args)
     )
-    _check_backends(settings)
+    check_train(experiments, settings, source=args.experiment)
     code = 0
     for exp in experiments:
         outcome = run_single(exp, settings)
@@ -304,15 +385,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from studylib.report import write_reports  # start-up cost: see main
+    from studylib.sweep.preflight import check_folder, check_readable  # start-up cost: see main
 
-    check_writable_folder(args.out, "--out")
-    written = write_reports(args.tracking_uri, args.out, args.experiment, args.group)
+    check_folder(args.out, "--out", str(args.out))
+    check_readable(parse_tracking_uri(args.tracking_uri), "--tracking-uri")
+    storage = parse_storage(args.storage)
+    # The default journal may simply not exist (a study on PostgreSQL, say): then the report
+    # lists what MLflow holds. A storage the user named must be there.
+    if storage.path is not None and not storage.path.is_file():
+        if args.storage != DEFAULTS.storage:
+            raise ConfigError(f"--storage = {storage.redacted}: no such file")
+        storage = None
+    written = write_reports(
+        args.tracking_uri, args.out, args.experiment, args.group, storage=storage
+    )
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    parse_tracking_uri(args.tracking_uri)
     command = [
         sys.executable,
         "-m",

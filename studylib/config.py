@@ -7,6 +7,7 @@ uses are not part of the science, so they live apart in `Settings`, filled from 
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from studylib.errors import ConfigError
 from studylib.models import UNION_TAGS, ModelConfig
@@ -28,7 +31,22 @@ from studylib.models.mlp import MLPConfig
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan are refused in every float field: no strength, rate or threshold means
+    # anything at infinity (an l1 of inf, a min_delta of inf that no epoch can beat).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+# Bounds that are not the science's but the machine's: each says why in its error.
+# numpy's legacy RandomState takes seeds in 0..2**32 - 1; Optuna's TPE sampler (seeded with
+# seed + trials so far, wrapped) and the MNIST-1D generator use it.
+SEED_MAX = 2**32 - 1
+SEED_WHY = "numpy's RandomState, which Optuna's TPE sampler and the MNIST-1D generator use, takes 32-bit seeds"
+# Every epoch's figures are kept in memory and written to MLflow (about a dozen points each).
+MAX_EPOCHS = 100_000
+EPOCHS_WHY = "every epoch's figures are kept in memory and written to MLflow"
+# A study's trials are replayed from its storage by every worker that opens it.
+MAX_TRIALS = 100_000
+TRIALS_WHY = "every worker replays the study's trials from its storage"
 
 
 DIGITS_SHAPE = (8, 8)  # scikit-learn's digits: 1,797 images of 8 x 8 pixels
@@ -56,7 +74,13 @@ class DataConfig(Frozen):
     num_train: int = Field(4000, ge=10, description="MNIST-1D examples for train + validation")
     num_test: int = Field(1000, ge=10, description="MNIST-1D examples for the test split")
     length: int = Field(40, ge=8, description="MNIST-1D sequence length")
-    generation_seed: int = Field(42, description="seed of the generator: fixes the data set")
+    generation_seed: int = Field(
+        42,
+        ge=0,
+        le=SEED_MAX,
+        description="seed of the generator: fixes the data set",
+        json_schema_extra={"why": SEED_WHY},
+    )
     shuffle_seq: bool = Field(False, description="permute the time axis (the paper's control)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of train carved out for val")
     train_examples: int | None = Field(
@@ -138,7 +162,7 @@ class TrainConfig(Frozen):
     lr: float = Field(1e-3, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     batch_size: int = Field(100, ge=1)
-    max_epochs: int = Field(100, ge=1)
+    max_epochs: int = Field(100, ge=1, le=MAX_EPOCHS, json_schema_extra={"why": EPOCHS_WHY})
     l1: float = Field(0.0, ge=0, description="L1 penalty: l1 * sum |w| over weight matrices")
     l1_method: Literal["subgradient", "proximal"] = Field(
         "subgradient",
@@ -158,12 +182,22 @@ class TrainConfig(Frozen):
     stopping: Literal["patience", "gl", "pq", "up"] = Field(
         "patience", description="early-stopping rule: patience, or Prechelt's GL, PQ, UP"
     )
-    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    patience: int = Field(
+        10,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="epochs without improvement before stopping",
+        json_schema_extra={"why": EPOCHS_WHY},
+    )
     min_delta: float = Field(0.0, ge=0, description="smallest val loss drop that counts")
     gl_alpha: float = Field(5.0, gt=0, description="GL: stop when generalization loss > alpha (%)")
     pq_alpha: float = Field(0.5, gt=0, description="PQ: stop when GL / training progress > alpha")
-    up_strips: int = Field(3, ge=1, description="UP: stop after val loss rose in this many strips")
-    strip_length: int = Field(5, ge=1, description="k: epochs per strip for PQ and UP")
+    up_strips: int = Field(
+        3, ge=1, le=MAX_EPOCHS, description="UP: stop after val loss rose in this many strips"
+    )
+    strip_length: int = Field(
+        5, ge=1, le=MAX_EPOCHS, description="k: epochs per strip for PQ and UP"
+    )
     grad_clip: float = Field(
         0.0, ge=0, description="clip the global gradient norm to this before each step; 0: off"
     )
@@ -234,7 +268,11 @@ class PrunerConfig(Frozen):
 
 class SweepConfig(Frozen):
     trials: int = Field(
-        20, ge=0, description="total trials of the study, across resumes; 0: no search"
+        20,
+        ge=0,
+        le=MAX_TRIALS,
+        description="total trials of the study, across resumes; 0: no search",
+        json_schema_extra={"why": TRIALS_WHY},
     )
     baseline: bool = Field(True, description="trial 0 runs with every regularizer off")
     pruner: PrunerConfig = PrunerConfig()
@@ -242,23 +280,13 @@ class SweepConfig(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
-        if "dropout" in self.search and self.search["dropout"].high >= 1:
-            raise ValueError(
-                f"search.dropout.high must be below 1, got {self.search['dropout'].high}"
-            )
-        if "patience" in self.search:
-            rng = self.search["patience"]
-            if rng.low < 1 or rng.low != int(rng.low) or rng.high != int(rng.high):
-                raise ValueError(
-                    f"search.patience needs whole numbers >= 1, got {rng.low}..{rng.high}"
-                )
+        # Whether each range fits its field is checked by `Experiment`, which knows the
+        # model family whose `dropout` field the range sets.
         for name, rng in self.search.items():
             if rng.allow_zero and name not in REGULARIZER_OFF:
                 raise ValueError(
                     f"search.{name}.allow_zero: only {sorted(REGULARIZER_OFF)} can be 0"
                 )
-            if name in REGULARIZER_OFF and rng.low < 0:
-                raise ValueError(f"search.{name}.low must be >= 0, got {rng.low}")
         return self
 
 
@@ -310,20 +338,27 @@ TUNING_SEED_OFFSET = 1000
 
 
 class AblationConfig(Frozen):
-    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
-        (0, 1, 2, 3, 4), min_length=1, description="every arm runs once per seed"
+    seeds: tuple[Annotated[int, Field(ge=0, le=SEED_MAX)], ...] = Field(
+        (0, 1, 2, 3, 4),
+        min_length=1,
+        description="every arm runs once per seed",
+        json_schema_extra={"why": SEED_WHY},
     )
     arms: tuple[Literal[ARMS], ...] = Field(ARMS, min_length=1)
     strength: StrengthConfig = StrengthConfig()
     nuisance: dict[Literal[NUISANCE], SearchRange] = Field(
         default_factory=dict, description="tuned per arm so that every arm gets a fair chance"
     )
-    tune_trials: int = Field(8, ge=1, description="Optuna trials per arm that needs tuning")
+    tune_trials: int = Field(
+        8, ge=1, le=MAX_TRIALS, description="Optuna trials per arm that needs tuning"
+    )
     tuning_seed: int | None = Field(
         None,
         ge=0,
+        le=SEED_MAX,
         description="the seed arms are tuned on (its own split, init, batch order); never one "
         "of `seeds`; default max(seeds) + 1000",
+        json_schema_extra={"why": SEED_WHY},
     )
     test_curves: bool = Field(
         False,
@@ -365,7 +400,13 @@ class ReferenceConfig(Frozen):
 
 class Experiment(Frozen):
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
-    seed: int = Field(0, ge=0, description="fixes the split, the init and the dropout masks")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=SEED_MAX,
+        description="fixes the split, the init and the dropout masks",
+        json_schema_extra={"why": SEED_WHY},
+    )
     group: str | None = Field(
         None, pattern=NAME_PATTERN, description="study group it belongs to; set by a group file"
     )
@@ -416,6 +457,35 @@ class Experiment(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _values_fit_their_fields(self) -> Experiment:
+        """A search range may only sample values its config field accepts, and a strength may
+        only be one: the field's own pydantic constraints decide, never a copy of its numbers."""
+        ranges = [(f"sweep.search.{name}", name, rng) for name, rng in self.sweep.search.items()]
+        strengths: dict[str, Any] = {}
+        if self.ablation is not None:
+            ranges += [
+                (f"ablation.nuisance.{name}", name, rng)
+                for name, rng in self.ablation.nuisance.items()
+            ]
+            strengths = self.ablation.strength.model_dump(exclude_none=True)
+        for label, name, rng in ranges:
+            for end in ("low", "high"):
+                self._check_fits(f"{label}.{end}", SEARCHABLE[name], getattr(rng, end))
+        for name, value in strengths.items():
+            self._check_fits(f"ablation.strength.{name}", SEARCHABLE[name], value)
+        return self
+
+    def _check_fits(self, label: str, target: str, value: Any) -> None:
+        section, name = target.split(".")
+        owner = type(getattr(self, section))
+        problem = field_refuses(owner, name, value)
+        if problem is not None:
+            raise ValueError(
+                f"{label} = {value!r}: {target} does not accept it ({problem}); a range or "
+                f"strength may only take values its field accepts"
+            )
+
+    @model_validator(mode="after")
     def _model_reads_data(self) -> Experiment:
         # Each family says what it can read; sizes that do not work out fail here, not in fit.
         shape = self.data.input_shape
@@ -464,6 +534,35 @@ class Experiment(Frozen):
         return out
 
 
+def field_refuses(owner: type[BaseModel], name: str, value: Any) -> str | None:
+    """Why field `name` of config class `owner` refuses `value` (pydantic's own words), or None
+    when it accepts it. The one way a value from elsewhere (a search range, a flag) is checked
+    against a field's bounds."""
+    try:
+        _field_adapter(owner, name).validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _with_why(first["msg"], first["type"], owner.model_fields[name])
+    return None
+
+
+@functools.cache
+def _field_adapter(owner: type[BaseModel], name: str) -> TypeAdapter:
+    info = owner.model_fields[name]
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)])
+
+
+# Errors of a bound (not of a type): their message gains the bound's reason, where it has one.
+BOUND_ERRORS = ("less_than", "less_than_equal", "greater_than", "greater_than_equal")
+
+
+def _with_why(message: str, kind: str, info: FieldInfo | None) -> str:
+    extra = info.json_schema_extra if info is not None else None
+    if kind in BOUND_ERRORS and isinstance(extra, dict) and extra.get("why"):
+        return f"{message} ({extra['why']})"
+    return message
+
+
 @dataclass(frozen=True)
 class Speed:
     """How a run uses the hardware; off by default until `make bench` shows a knob winning.
@@ -491,7 +590,7 @@ class Settings:
     artifact_root: Path = Path("mlartifacts")  # used when tracking to a local database
     progress: bool = True
     speed: Speed = DEFAULT_SPEED
-    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 3x this fail
+    heartbeat_seconds: int = 60  # database storage: trials of a worker silent 2x this fail
     tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
 
@@ -590,6 +689,7 @@ def describe_validation_error(path: Path, exc: ValidationError) -> str:
     elif isinstance(first.get("input"), dict):  # a check across one section's fields
         text = f"{path}: {field}: {message}"
     else:
+        message = _with_why(message, first["type"], _field_info(first["loc"]))
         text = f"{path}: {field} = {_short(first.get('input'))}: {message}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
@@ -619,6 +719,23 @@ def _allowed_keys(loc: tuple) -> list[str]:
             return []
         model = _model_class(field.annotation)
     return list(getattr(model, "model_fields", {}))
+
+
+def _field_info(loc: tuple) -> FieldInfo | None:
+    """The definition of the field an error location points at (None if not a model field)."""
+    model: Any = Experiment
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: the list's own field says what the items allow
+        if _is_union_tag(part):
+            model = UNION_TAGS.get(part, model)
+            continue
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return None
+        model = _model_class(info.annotation)
+    return info
 
 
 def _model_class(annotation: Any) -> Any:

@@ -1,13 +1,16 @@
 """The errors every stage may raise, and how SIGINT / SIGTERM become one.
 
-`ConfigError` is bad input: the CLI prints it as one line and exits 2. `Interrupted` is a
-signal turned into an exception, so a trial in progress is closed in Optuna and MLflow on the
-way out instead of being left RUNNING.
+`ConfigError` is bad input: the CLI prints it as one line and exits 2. `Incomplete` is a sweep
+that ended short of its study for a reason it has already said (one line, exit 1). `Interrupted`
+is a signal turned into an exception, so a trial in progress is closed in Optuna and MLflow on
+the way out instead of being left RUNNING. `disk_full` tells a write that found no space from
+any other error, wherever in a library's chain of exceptions it hides.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,6 +18,30 @@ from collections.abc import Iterator
 
 class ConfigError(Exception):
     """Bad input, reported as one line before anything is written (exit code 2)."""
+
+
+class Incomplete(Exception):
+    """A sweep that ended before its study was complete, for reasons already shown (exit 1)."""
+
+
+# A write refused for want of space: the disk, a quota, or the process's file size limit.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The same, as libraries word it when they wrap the OSError away (SQLite says the first).
+DISK_FULL_TEXTS = ("database or disk is full", "No space left on device", "Disk quota exceeded")
+
+
+def disk_full(exc: BaseException | None) -> BaseException | None:
+    """The exception in `exc`'s chain (causes and contexts) that says a write found no space,
+    or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        if any(text in str(exc) for text in DISK_FULL_TEXTS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class Interrupted(KeyboardInterrupt):

@@ -31,6 +31,8 @@ RUN_SEED_TAG = "studylib.seed"
 DEVICE_TAG = "studylib.device"
 PRECISION_TAG = "studylib.precision"
 COMPILE_TAG = "studylib.compile"
+# "optuna": a run re-made from what Optuna holds after the trial's own run was lost
+RELOGGED_TAG = "studylib.relogged_from"
 
 # Optuna trial and study user attributes
 OWNER_ATTR = "studylib.worker"  # {"host", "boot", "pid", "started"} of the worker running it

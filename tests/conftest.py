@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,10 @@ def mlflow_template(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
+    # Once a Tracker has switched this process's SQLite connections to WAL, the last migrations
+    # may still sit in mlflow.db-wal: fold them in, so that copying mlflow.db copies them all.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path
 
 

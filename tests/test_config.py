@@ -88,9 +88,104 @@ def test_search_range_checks(tmp_path):
         write(tmp_path, base + "low = 0.0\nhigh = 1e-3\nlog = true\n")
     )
     text = 'name = "t"\n[sweep.search.dropout]\nlow = 0.1\nhigh = 1.0\n'
-    assert "search.dropout.high must be below 1" in error_of(write(tmp_path, text))
+    assert (
+        "sweep.search.dropout.high = 1.0: model.dropout does not accept it (Input should be "
+        "less than 1)" in error_of(write(tmp_path, text))
+    )
     text = 'name = "t"\n[sweep.search.momentum]\nlow = 0.1\nhigh = 0.9\n'
     assert "sweep.search" in error_of(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("name", "bounds", "said"),
+    [
+        (
+            "lr",
+            "low = 1e-3\nhigh = 100\nlog = true",
+            "lr.high = 100.0: train.lr does not accept it "
+            "(Input should be less than or equal to 10)",
+        ),
+        ("lr", "low = 1e-3\nhigh = inf", "lr.high = inf: Input should be a finite number"),
+        ("l1", "low = -1.0\nhigh = 1e-3", "l1.low = -1.0: train.l1 does not accept it"),
+        ("weight_decay", "low = -0.1\nhigh = 1.0", "weight_decay.low = -0.1: train.weight_decay"),
+        (
+            "patience",
+            "low = 1\nhigh = 2.5",
+            "patience.high = 2.5: train.patience does not accept it "
+            "(Input should be a valid integer, got a number with a fractional part)",
+        ),
+        ("patience", "low = 0\nhigh = 3", "patience.low = 0.0: train.patience does not accept it"),
+        (
+            "patience",
+            "low = 1\nhigh = 1e9",
+            "train.patience does not accept it (Input should be "
+            "less than or equal to 100000 (every epoch's figures",
+        ),
+    ],
+)
+def test_a_search_range_only_samples_what_its_field_accepts(tmp_path, name, bounds, said):
+    """The range check is derived from the target field's own constraints (issue 13: a range
+    wider than its field passed validation and crashed the first trial that sampled past it)."""
+    message = error_of(write(tmp_path, f'name = "t"\n[sweep.search.{name}]\n{bounds}\n'))
+    assert said in message and "\n" not in message
+
+
+def test_a_nuisance_range_and_a_strength_are_checked_against_their_fields_too(tmp_path):
+    text = 'name = "t"\n[ablation]\narms = ["baseline"]\n[ablation.nuisance.lr]\nlow = 1e-3\nhigh = 20\n'
+    assert "ablation.nuisance.lr.high = 20.0: train.lr does not accept it" in error_of(
+        write(tmp_path, text)
+    )
+    text = 'name = "t"\n[ablation]\narms = ["l1"]\n[ablation.strength]\nl1 = inf\n'
+    assert "ablation.strength.l1 = inf: Input should be a finite number" in error_of(
+        write(tmp_path, text)
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "said"),
+    [
+        ("train", "l1 = inf", "train.l1 = inf: Input should be a finite number"),
+        ("train", "l2 = nan", "train.l2 = nan: Input should be a finite number"),
+        ("train", "min_delta = inf", "train.min_delta = inf: Input should be a finite number"),
+        ("model", "dropout = -inf", "model.dropout = -inf: Input should be a finite number"),
+        (
+            "train",
+            "max_epochs = 1000000000000",
+            "train.max_epochs = 1000000000000: Input should "
+            "be less than or equal to 100000 (every epoch's figures are kept in memory",
+        ),
+        (
+            "data",
+            "generation_seed = -5",
+            "data.generation_seed = -5: Input should be greater "
+            "than or equal to 0 (numpy's RandomState",
+        ),
+        (
+            "data",
+            "generation_seed = 4294967296",
+            "Input should be less than or equal to 4294967295",
+        ),
+        (
+            "sweep",
+            "trials = 100000000",
+            "sweep.trials = 100000000: Input should be less than or "
+            "equal to 100000 (every worker replays",
+        ),
+    ],
+)
+def test_no_infinite_strength_and_no_size_past_what_the_machine_or_rng_takes(
+    tmp_path, section, line, said
+):
+    message = error_of(write(tmp_path, f'name = "t"\n[{section}]\n{line}\n'))
+    assert said in message, message
+
+
+def test_the_seed_fits_numpys_32_bit_generators(tmp_path):
+    message = error_of(write(tmp_path, 'name = "t"\nseed = 100000000000000000000\n'))
+    assert (
+        "seed = 100000000000000000000: Input should be less than or equal to 4294967295" in message
+    )
+    assert load_experiment(write(tmp_path, 'name = "t"\nseed = 4294967295\n')).seed == 2**32 - 1
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -135,13 +230,19 @@ def test_cli_missing_file_and_unwritable_output(tmp_path, capsys, monkeypatch):
     blocker.write_text("")
     assert main(["report", "--out", str(blocker / "reports")]) == 2
     err = capsys.readouterr().err
-    assert "--out" in err and "not writable" in err
+    assert f"--out = {blocker / 'reports'}: {blocker} is not a folder" in err
+    assert main(["report"]) == 2  # MLflow would have made an empty mlflow.db to read from
+    assert "--tracking-uri = sqlite:///mlflow.db: no such database file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def test_cli_usage_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as exited:
-        main(["sweep", "x.toml", "--trials", "0"])
-    assert exited.value.code == 2
+def test_cli_usage_errors_exit_2_in_one_line(capsys):
+    assert main(["sweep", "x.toml", "--trials", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "studylib: error: argument --trials: must be >= 1, got 0 (studylib sweep -h)\n"
+    assert main(["sweep"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert main(["--help"]) == 0
 
 
 def test_every_shipped_experiment_file_is_valid():

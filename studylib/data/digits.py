@@ -14,6 +14,8 @@ from studylib.data.splits import NUM_CLASSES
 
 DIGITS_TEST_PER_CLASS = 36  # 360 test images: 20% of 1,797, the same share as MNIST-1D's test
 DIGITS_TEST_SEED = 1797  # fixes which images are test, whatever the run's seed
+DIGITS_IMAGES = 1797
+DIGITS_POOL = DIGITS_IMAGES - DIGITS_TEST_PER_CLASS * NUM_CLASSES  # what validation is carved from
 
 
 def digits_arrays() -> dict[str, np.ndarray]:

@@ -18,6 +18,10 @@ import numpy as np
 from studylib.config import DataConfig
 from studylib.data.splits import NUM_CLASSES
 
+# Peak memory of `make_dataset` per generated value: 38 bytes measured here (50,000 examples of
+# length 40, and 5,000 of length 400: 34), float64 intermediates and their copies.
+GENERATION_BYTES_PER_VALUE = 40
+
 
 def mnist1d_arrays(cfg: DataConfig, cache_dir: Path) -> dict[str, np.ndarray]:
     """The generated data set (train and test), from the disk cache when it was made before."""

@@ -44,6 +44,25 @@ class Splits:
         return replace(self, **moved)
 
 
+def check_carve(cfg: DataConfig, pool: int, unit: str) -> tuple[int, int]:
+    """(validation, training) sizes of a pool of `pool` examples, the one carve every data set
+    follows; ConfigError when either would be empty or `train_examples` asks for more than
+    remain. Computable from the config alone, so it is checked before anything is written."""
+    num_val = round(cfg.val_fraction * pool)
+    left = pool - num_val
+    if num_val < 1 or left < 1:
+        raise ConfigError(
+            f"data.val_fraction = {cfg.val_fraction}: a pool of {pool} {unit} gives {num_val} "
+            f"for validation and {left} for training; allowed: a share leaving at least one of each"
+        )
+    if cfg.train_examples is not None and cfg.train_examples > left:
+        raise ConfigError(
+            f"data.train_examples = {cfg.train_examples}: only {left} training {unit} remain "
+            f"after the validation split; allowed 1..{left}"
+        )
+    return num_val, left
+
+
 def split_pool(arrays: dict[str, np.ndarray], cfg: DataConfig, seed: int) -> Splits:
     """Seeded train / validation split of the training pool `x`, `y`, plus the untouched test
     set `x_test`, `y_test`; the overfitting knobs act on the training split only."""
@@ -53,14 +72,9 @@ def split_pool(arrays: dict[str, np.ndarray], cfg: DataConfig, seed: int) -> Spl
     noise_rng = np.random.default_rng([seed, 1])
 
     order = split_rng.permutation(len(y))
-    num_val = round(cfg.val_fraction * len(y))
+    num_val, _ = check_carve(cfg, len(y), "examples")
     val_idx, train_idx = order[:num_val], order[num_val:]
     if cfg.train_examples is not None:
-        if cfg.train_examples > len(train_idx):
-            raise ConfigError(
-                f"data.train_examples = {cfg.train_examples}: only {len(train_idx)} training "
-                f"examples remain after the validation split; allowed 1..{len(train_idx)}"
-            )
         train_idx = train_idx[: cfg.train_examples]
 
     y_train = y[train_idx].copy()

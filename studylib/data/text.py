@@ -47,8 +47,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from studylib.config import DataConfig
-from studylib.data.splits import Splits
-from studylib.errors import ConfigError
+from studylib.data.splits import Splits, check_carve
 from studylib.tokens import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
 TEST_FRACTION = 0.2  # of each language's words
@@ -63,9 +62,8 @@ class WordList:
     test: np.ndarray  # (N,) bool: the fixed test split
 
 
-def word_list(cfg: DataConfig, cache_dir: Path) -> WordList:
-    """The labelled word list and its test split, from the disk cache when built before."""
-    recipe = {
+def _recipe(cfg: DataConfig) -> dict:
+    return {
         "languages": list(cfg.languages),
         "words_per_language": cfg.words_per_language,
         "shared_words": cfg.shared_words,
@@ -73,8 +71,17 @@ def word_list(cfg: DataConfig, cache_dir: Path) -> WordList:
         "test_seed": TEST_SEED,
         "version": 1,
     }
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"words-{key}.json"
+
+
+def _cached_word_list(cfg: DataConfig, cache_dir: Path) -> Path:
+    key = hashlib.sha256(json.dumps(_recipe(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"words-{key}.json"
+
+
+def word_list(cfg: DataConfig, cache_dir: Path) -> WordList:
+    """The labelled word list and its test split, from the disk cache when built before."""
+    recipe = _recipe(cfg)
+    path = _cached_word_list(cfg, cache_dir)
     if not path.exists():
         built = build_word_list(cfg.languages, cfg.words_per_language, cfg.shared_words)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +95,16 @@ def word_list(cfg: DataConfig, cache_dir: Path) -> WordList:
         languages=tuple(cfg.languages),
         test=np.asarray(cached["test"], dtype=bool),
     )
+
+
+def pool_words(cfg: DataConfig, cache_dir: Path) -> int:
+    """Words outside the fixed test split (what validation is carved from), without writing
+    anything: from the cache when it holds the list, else built in memory."""
+    recipe_path = _cached_word_list(cfg, cache_dir)
+    if recipe_path.exists():
+        return sum(not t for t in json.loads(recipe_path.read_text())["test"])
+    built = build_word_list(cfg.languages, cfg.words_per_language, cfg.shared_words)
+    return sum(not t for t in built["test"])
 
 
 def build_word_list(languages: Sequence[str], per_language: int, shared: str) -> dict[str, list]:
@@ -209,14 +226,9 @@ def word_splits(cfg: DataConfig, seed: int, cache_dir: Path) -> WordSplits:
     split_rng = np.random.default_rng([seed, 0])
     noise_rng = np.random.default_rng([seed, 1])
     order = pool[split_rng.permutation(len(pool))]
-    num_val = round(cfg.val_fraction * len(order))
+    num_val, _ = check_carve(cfg, len(order), "words")
     val_idx, train_idx = order[:num_val], order[num_val:]
     if cfg.train_examples is not None:
-        if cfg.train_examples > len(train_idx):
-            raise ConfigError(
-                f"data.train_examples = {cfg.train_examples}: only {len(train_idx)} training "
-                f"words remain after the validation split; allowed 1..{len(train_idx)}"
-            )
         train_idx = train_idx[: cfg.train_examples]
     y_train = wl.labels[train_idx].copy()
     num_noisy = round(cfg.label_noise * len(y_train))

@@ -23,7 +23,8 @@ from studylib.tokens import PAD_ID
 class FrozenConfig(BaseModel):
     """Base of every model config: immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan refused, as in every config (config.Frozen): no rate means anything there.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def reads_numbers(arch: str, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:

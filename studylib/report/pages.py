@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from studylib.config import ARMS, SEARCHABLE, SearchRange
 from studylib.errors import ConfigError
+from studylib.locations import Location
 from studylib.names import GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
 from studylib.report import figures
@@ -44,6 +45,7 @@ from studylib.report.claims import (
     stopping_rules,
     vanishing_gradients,
 )
+from studylib.report.completeness import completeness, split_relogged
 from studylib.report.results import load_curves, load_runs
 from studylib.report.stats import ALPHA, mean_ci
 from studylib.report.summary import StudySummary, summarize
@@ -109,9 +111,11 @@ def write_reports(
     out: Path,
     experiments: list[str] | None = None,
     group: str | None = None,
+    storage: Location | None = None,
 ) -> list[Path]:
     """One report per study; one side-by-side report per study group (`group-<name>/`) and,
-    with several studies and no group asked for, one comparing them all."""
+    with several studies and no group asked for, one comparing them all. With the Optuna
+    `storage`, each lists the trials Optuna holds that have no MLflow run (completeness.py)."""
     out = Path(out)
     studies = study_names(tracking_uri)
     groups = study_groups(tracking_uri)
@@ -125,13 +129,15 @@ def write_reports(
         if not members:
             raise ConfigError(f"--group {group}: no member has finished runs; run its sweep first")
         names = list(experiments) if experiments else members
-        written = [write_report(tracking_uri, [name], out / name) for name in names]
+        written = [
+            write_report(tracking_uri, [name], out / name, storage=storage) for name in names
+        ]
         written.append(write_report(tracking_uri, members, out / f"group-{group}", detail=False))
         return written
     names = list(experiments) if experiments else studies
     if not names:
         raise ConfigError(f"{redact(tracking_uri)}: no studylib runs found; run `make sweep` first")
-    written = [write_report(tracking_uri, [name], out / name) for name in names]
+    written = [write_report(tracking_uri, [name], out / name, storage=storage) for name in names]
     if not experiments:
         for name, members in groups.items():
             present = [s for s in members if s in studies]
@@ -146,13 +152,19 @@ def write_reports(
 
 
 def write_report(
-    tracking_uri: str, experiments: list[str], folder: Path, detail: bool = True
+    tracking_uri: str,
+    experiments: list[str],
+    folder: Path,
+    detail: bool = True,
+    storage: Location | None = None,
 ) -> Path:
     """The report of one or several studies; `detail=False` keeps to the side-by-side view
     (leaderboard, claims, architectures compared), leaving each study's sections to its own."""
     runs = load_runs(experiments, tracking_uri)
     finished = runs[runs["status"].isin(FINISHED)] if not runs.empty else runs
-    if finished.empty:
+    # Runs re-logged from Optuna have no curves to draw: they are listed apart (completeness.py).
+    finished, relogged = split_relogged(finished)
+    if finished.empty and relogged.empty:
         raise ConfigError(
             f"experiment {', '.join(experiments)!s} in {redact(tracking_uri)} has no finished runs "
             f"({len(runs)} runs in all); run `make sweep` first"
@@ -205,6 +217,9 @@ def write_report(
         counts = ", ".join(f"{n} {state}" for state, n in group.value_counts().sort_index().items())
         parts.append(f"{len(group)} {labels.get(role, role)} ({counts})")
     intro = f"Read from MLflow ({redact(tracking_uri)}): {'; '.join(parts)}."
+    complete = completeness(runs, relogged, experiments, storage)
+    intro += complete.note
+    sections += [Section(title, [Block(caption, table=t)]) for title, caption, t in complete.tables]
     (folder / "report.md").write_text(render_markdown(title, intro, sections))
     index = folder / "index.html"
     index.write_text(render_html(title, intro, sections, folder))

@@ -3,8 +3,8 @@ is an MLflow child run under the sweep's parent run (and, with `[ablation]`, the
 seeds).
 
 space.py the search space; storage.py the Optuna storage; study.py how every process opens the
-study (pruner, sampler seed rule, settings it was created with); recovery.py dead workers'
-trials; claim.py the one claim protocol; trial.py one trial's config, training and run;
+study (pruner, sampler seed rule, settings it was created with); preflight.py every check
+made before a store is opened; recovery.py dead workers' trials; claim.py the one claim protocol; trial.py one trial's config, training and run;
 loops.py the loops every process runs (one trial or a population at a time); workers.py
 `--workers N`; run.py a whole sweep; ablation.py the controlled design over seeds.
 """
@@ -12,13 +12,15 @@ loops.py the loops every process runs (one trial or a population at a time); wor
 from __future__ import annotations
 
 from studylib.sweep.ablation import AblationSummary, run_ablation
-from studylib.sweep.run import SweepSummary, check_speedups, run_single, run_sweep
+from studylib.sweep.preflight import check_sweep, check_train
+from studylib.sweep.run import SweepSummary, run_single, run_sweep
 from studylib.sweep.storage import make_storage
 
 __all__ = [
     "AblationSummary",
     "SweepSummary",
-    "check_speedups",
+    "check_sweep",
+    "check_train",
     "make_storage",
     "run_ablation",
     "run_single",

@@ -7,6 +7,10 @@ the same guarantees:
   again first (recovery.py), then trials are counted and asked for, so however many processes
   interleave, the study ends at exactly the requested total;
 - a heartbeat while they run (RDB storage), so another machine can tell when this one died;
+- a watcher while they run, which looks for other workers' dead trials (and the parent runs
+  of dead sweeps) every half heartbeat, or every WATCH_SECONDS on a journal, so a killed
+  worker's trial is failed and queued again while the survivors train, not when their own
+  trials end;
 - tell how each ended (`record_outcome`, `fail_trial`), never masking the exception that ended
   it.
 """
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from studylib.config import Experiment, Settings
@@ -33,10 +38,12 @@ from studylib.names import (
     RUN_ID_ATTR,
 )
 from studylib.redact import redact
-from studylib.sweep.recovery import Worker, fail_dead_trials, queue_retries
+from studylib.sweep.recovery import Worker, recover
 from studylib.sweep.study import count_done, sampler_for, trial_id
 from studylib.tracking import Tracker
 from studylib.train import TrainResult
+
+WATCH_SECONDS = 2.0  # journal storage: how often a training process looks for dead workers
 
 
 @dataclass
@@ -63,7 +70,7 @@ def claim_trials(
     """Up to `count` trials for this process, so that the study never exceeds `total`."""
     beating = heartbeat_seconds(storage) is not None
     with exclusive(settings.storage, f"study:{study.study_name}"):
-        for note in fail_dead_trials(study, storage, tracker, beating) + queue_retries(study):
+        for note in recover(study, storage, tracker, beating):
             say(note)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -125,6 +132,40 @@ def heartbeat(
         thread.join()
 
 
+@contextlib.contextmanager
+def watch(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    settings: Settings,
+    tracker: Tracker,
+) -> Iterator[None]:
+    """While this process trains: look for dead workers' trials every half heartbeat (RDB:
+    a killed worker's trial is failed within GRACE_HEARTBEATS + 1/2 intervals of its death and
+    queued for whichever worker is free) or every WATCH_SECONDS (journal: exact, by process)."""
+    interval = heartbeat_seconds(storage)
+    every = interval / 2 if interval else WATCH_SECONDS
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.wait(every):
+            try:
+                with exclusive(settings.storage, f"study:{study.study_name}"):
+                    notes = recover(study, storage, tracker, interval is not None)
+            except Exception as exc:  # a database hiccup: the next look may pass
+                say(f"looking for dead workers' trials failed ({type(exc).__name__}: {exc})")
+                continue
+            for note in notes:
+                say(note)
+
+    thread = threading.Thread(target=look, name="watcher", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def fail_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: str) -> None:
     """Mark the trial FAIL with why (killed, interrupted, tracking, crashed); never mask the
     exception that brought us here. Retryable failures run again (recovery.queue_retries)."""
@@ -138,17 +179,39 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: s
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, result: TrainResult) -> float | None:
     """Tell Optuna how a trained trial ended; its value, None if it diverged (a counted FAIL)."""
-    if result.status == "diverged":
-        trial.set_user_attr(DIVERGED_ATTR, result.reason)
-        trial.set_user_attr(FAILURE_ATTR, "diverged")
-        study.tell(trial, state=TrialState.FAIL)
+    try:
+        if result.status == "diverged":
+            trial.set_user_attr(DIVERGED_ATTR, result.reason)
+            trial.set_user_attr(FAILURE_ATTR, "diverged")
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        value = result.final["selected_val_loss"]
+        for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
+            trial.set_user_attr(key, result.final[key])
+        study.tell(trial, value)
+    except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        if not failed_meanwhile(study, trial):
+            raise
         return None
-    value = result.final["selected_val_loss"]
-    for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
-        trial.set_user_attr(key, result.final[key])
-    study.tell(trial, value)
     return value
 
 
 def record_pruned(study: optuna.Study, trial: optuna.Trial) -> None:
-    study.tell(trial, state=TrialState.PRUNED)
+    try:
+        study.tell(trial, state=TrialState.PRUNED)
+    except (UpdateFinishedTrialError, ValueError):
+        if not failed_meanwhile(study, trial):
+            raise
+
+
+def failed_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether another worker failed the trial while it trained (its heartbeats went unrecorded
+    for the grace period: a database outage). Its retry is queued; this result stays in MLflow
+    only, and the sweep goes on."""
+    if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+        return False
+    say(
+        f"trial {trial.number} was failed by another worker while it trained (no heartbeat "
+        "recorded for the grace period); its retry runs it again"
+    )
+    return True

@@ -17,7 +17,7 @@ import optuna
 from studylib.config import Experiment, Settings
 from studylib.console import Progress
 from studylib.data import Splits, load_splits
-from studylib.errors import ConfigError
+from studylib.errors import ConfigError, disk_full
 from studylib.locks import exclusive
 from studylib.names import RUN_ID_ATTR
 from studylib.sweep.claim import (
@@ -26,6 +26,7 @@ from studylib.sweep.claim import (
     heartbeat,
     record_outcome,
     record_pruned,
+    watch,
 )
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials, open_study
@@ -101,7 +102,10 @@ def trial_loop(
         claim = claim_trials(s.study, s.storage, s.exp, s.settings, s.tracker, s.total, population)
         s.progress.sync(min(counted_trials(s.study), s.total))
         if claim.trials:
-            with heartbeat(s.storage, s.study, claim.trials):
+            with (
+                heartbeat(s.storage, s.study, claim.trials),
+                watch(s.study, s.storage, s.settings, s.tracker),
+            ):
                 if population > 1:
                     run_population(share, claim.trials)
                 else:
@@ -115,6 +119,8 @@ def trial_loop(
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(failure kind, reason) of a trial that an exception ended; only "crashed" is its own
     fault, so every other kind runs again (recovery.queue_retries)."""
+    if disk_full(exc) is not None:
+        return "disk_full", f"a write found no space: {disk_full(exc)}"
     if isinstance(exc, TrackingUnavailable):
         return "tracking", str(exc)
     if isinstance(exc, KeyboardInterrupt):

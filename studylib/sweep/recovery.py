@@ -20,7 +20,14 @@ at most MAX_RETRIES times, with Optuna's system attributes `failed_trial` and `r
 heartbeat's stale trials). A diverged trial is a result, never retried.
 
 All of this runs under the study's lock (`studylib.locks`), so exactly one worker acts on each
-dead trial.
+dead trial, before each claim and, while trials train, from a watcher thread (claim.watch).
+
+Parent runs. A sweep's parent MLflow run names its owner in a tag (`studylib.worker`). An owner
+that is a process (host, boot, pid, start time) is judged like a trial's worker: it is gone when
+its process is gone from this machine, or when the heartbeat found it dead (its trials went
+silent). Whichever worker finds that closes the parent run as KILLED. Any other owner (a job of
+a launcher that outlives its processes, `{"job": ...}`) is alive for as long as its launcher
+says: such a parent is never closed here.
 """
 
 from __future__ import annotations
@@ -39,20 +46,31 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from studylib.config import Experiment
 from studylib.names import (
+    ARCH_TAG,
     BASELINE_ATTR,
+    DATASET_TAG,
+    DIVERGED_ATTR,
     FAILURE_ATTR,
     OWNER_ATTR,
     REASON_ATTR,
     REASON_TAG,
+    RELOGGED_TAG,
+    ROLE_TAG,
     RUN_ID_ATTR,
+    RUN_SEED_TAG,
     STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
 )
 from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
-from studylib.tracking import Tracker
+from studylib.sweep.trial import TrialPlan, trial_plan
+from studylib.tracking import Tracker, group_tags
 
-RETRYABLE = ("killed", "interrupted", "tracking", "refused")
+# Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
+RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
 UNOWNED_GRACE_SECONDS = 60.0
 
 
@@ -126,10 +144,28 @@ def _worker(pid: int) -> Worker:
     return Worker(socket.gethostname(), _boot_id(), pid, _process_started(pid) or "")
 
 
-def fail_dead_trials(
+def recover(
     study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker, heartbeat: bool
 ) -> list[str]:
-    """Fail the RUNNING trials whose worker is gone; close their MLflow runs as KILLED."""
+    """Everything a worker does for the dead, under the study's lock: their trials failed and
+    queued again, the parent runs they owned closed. One note per thing done."""
+    dead: set[Worker] = set()
+    notes = fail_dead_trials(study, storage, tracker, heartbeat, dead)
+    if dead:
+        notes += close_dead_sweeps(tracker, dead)
+    return notes + queue_retries(study)
+
+
+def fail_dead_trials(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    tracker: Tracker,
+    heartbeat: bool,
+    dead: set[Worker] | None = None,
+) -> list[str]:
+    """Fail the RUNNING trials whose worker is gone; close their MLflow runs as KILLED. The
+    workers found dead are added to `dead`."""
+    dead = set() if dead is None else dead
     notes = []
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if heartbeat and running:
@@ -143,6 +179,8 @@ def fail_dead_trials(
             if states[trial.number] == TrialState.FAIL:
                 owner = Worker.from_attr(trial.user_attrs.get(OWNER_ATTR))
                 who = owner.describe() if owner else "an unknown worker"
+                if owner is not None:
+                    dead.add(owner)
                 reason = f"no heartbeat from {who} within the grace period"
                 notes.append(_close_killed(trial, tracker, reason))
         running = [t for t in running if states[t.number] == TrialState.RUNNING]
@@ -157,6 +195,7 @@ def fail_dead_trials(
             reason = f"running for over {UNOWNED_GRACE_SECONDS:.0f} s without a known worker"
         elif owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
+            dead.add(owner)
         else:
             continue  # alive, or on another machine: the heartbeat's business
         try:
@@ -214,15 +253,25 @@ def queue_retries(study: optuna.Study) -> list[str]:
 # MLflow records of finished trials
 
 
-def close_dead_sweeps(tracker: Tracker) -> list[str]:
-    """Parent runs of sweeps whose worker died on this machine: closed as KILLED."""
+def close_dead_sweeps(
+    tracker: Tracker, dead: set[Worker] | frozenset[Worker] = frozenset()
+) -> list[str]:
+    """Open parent runs of sweeps whose owner is a process found dead (`dead`, by the heartbeat
+    or here) or gone from this machine: closed as KILLED. A parent owned by anything but a
+    process (a launcher's job) is left to its launcher."""
     notes = []
     for run in tracker.open_runs("sweep"):
         owner = Worker.from_attr(_json(run.data.tags.get(OWNER_ATTR)))
-        if owner is not None and owner.on_this_machine() and owner.is_gone():
+        if owner is None:
+            continue  # no process owns it: a job, or a run of an older studylib
+        if owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
-            if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
-                notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+        elif owner in dead:
+            reason = f"its worker ({owner.describe()}) stopped sending heartbeats"
+        else:
+            continue
+        if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
+            notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
     return notes
 
 
@@ -234,13 +283,18 @@ def _json(text: str | None) -> Any:
 
 
 def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
-    """Finished trials whose MLflow run is missing or was left open; open ones are closed."""
-    runs = tracker.run_states("trial")
+    """Finished trials whose MLflow run is missing or was left open; open ones are closed. A
+    trial with a run of its number (one re-logged from Optuna) is not missing."""
+    found = tracker.search_runs(f"tags.`{ROLE_TAG}` = 'trial'")
+    runs = {run.info.run_id: run.info.status for run in found}
+    numbered = {run.data.tags.get(TRIAL_TAG) for run in found}
     lacking = []
     for trial in study.get_trials(deepcopy=False):
         if not trial.state.is_finished():
             continue
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if (run_id is None or run_id not in runs) and str(trial.number) in numbered:
+            continue  # re-logged: Optuna cannot point a finished trial at its new run
         if run_id is None:
             lacking.append(f"{trial.number} (no run)")
         elif run_id not in runs:
@@ -258,3 +312,90 @@ def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
             )
             lacking.append(f"{trial.number} (run {run_id} left open, closed as {status})")
     return lacking
+
+
+def relog_missing(
+    study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str | None
+) -> list[int]:
+    """Finished trials without any MLflow run of theirs (never written, or lost with a damaged
+    database): each gets a run made from what Optuna holds, under `parent_id`. Returns their
+    numbers. What Optuna does not hold (the train curves, weights, most final metrics) stays
+    missing, and the run says so (`studylib.relogged_from = optuna`)."""
+    numbered = {
+        run.data.tags.get(TRIAL_TAG) for run in tracker.search_runs(f"tags.`{ROLE_TAG}` = 'trial'")
+    }
+    relogged = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.is_finished() and str(trial.number) not in numbered:
+            relog_trial(exp, trial, tracker, parent_id)
+            relogged.append(trial.number)
+    return relogged
+
+
+def relog_trial(
+    exp: Experiment, trial: FrozenTrial, tracker: Tracker, parent_id: str | None
+) -> str:
+    """One finished trial's run, from Optuna: its config (the parameters it took), its
+    validation curve (the values it reported for pruning), its value and the results it kept
+    as attributes, its ending and reason. Returns the run id."""
+    try:
+        plan = trial_plan(exp, trial, trial.system_attrs.get("failed_trial"))
+    except ValueError:  # a trial that died before taking all its parameters: the base config
+        plan = TrialPlan(
+            exp,
+            f"trial-{trial.number:04d}",
+            {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)},
+        )
+    status, run_status, reason = _ending(trial, plan.exp)
+    tags = {
+        **plan.tags,
+        **group_tags(exp),
+        ARCH_TAG: exp.model.arch,
+        DATASET_TAG: exp.data.name,
+        RUN_SEED_TAG: str(exp.seed),
+        RELOGGED_TAG: "optuna",
+    }
+    run = tracker.start_run(plan.run_name, tags=tags, parent_id=parent_id)
+    params = {**plan.exp.flat(), **{f"optuna.{k}": v for k, v in trial.params.items()}}
+    run.log_params(params)
+    for epoch, value in sorted(trial.intermediate_values.items()):
+        run.log_epoch(epoch, {"val/loss": value})
+    final: dict[str, float] = {}
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        attrs = trial.user_attrs
+        final = {k: attrs[k] for k in RESULT_ATTRS if isinstance(attrs.get(k), int | float)}
+        final["selected_val_loss"] = trial.value
+        if "best_epoch" in final and "stopped_epoch" in final:
+            stops = plan.exp.train.early_stopping
+            final["selected_epoch"] = final["best_epoch" if stops else "stopped_epoch"]
+        if trial.intermediate_values:
+            final["best_val_loss"] = min(trial.intermediate_values.values())
+    run.finish(
+        run_status,
+        tags={STATUS_TAG: status, REASON_TAG: reason},
+        metrics={k: float(v) for k, v in final.items()},
+    )
+    return run.run_id
+
+
+# The results a completed trial keeps as Optuna attributes (claim.record_outcome).
+RESULT_ATTRS = ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc")
+
+
+def _ending(trial: FrozenTrial, exp: Experiment) -> tuple[str, str, str]:
+    """(studylib status, MLflow status, reason) of a finished trial, from Optuna alone."""
+    note = "re-logged from Optuna: its own MLflow run was lost or never written"
+    if trial.state == TrialState.COMPLETE:
+        stopped = trial.user_attrs.get("stopped_epoch")
+        early = exp.train.early_stopping and stopped is not None and stopped < exp.train.max_epochs
+        return ("early_stopped" if early else "completed"), "FINISHED", note
+    if trial.state == TrialState.PRUNED:
+        last = max(trial.intermediate_values, default=0)
+        return "pruned", "FINISHED", f"pruned at epoch {last}; {note}"
+    if trial.user_attrs.get(DIVERGED_ATTR):
+        return "diverged", "FAILED", f"{trial.user_attrs[DIVERGED_ATTR]}; {note}"
+    failure = trial.user_attrs.get(FAILURE_ATTR, "")
+    reason = f"{failure or 'failed'}: {trial.user_attrs.get(REASON_ATTR, 'no reason recorded')}"
+    if failure in ("killed", "interrupted"):
+        return "killed", "KILLED", f"{reason}; {note}"
+    return "crashed", "FAILED", f"{reason}; {note}"

@@ -35,13 +35,19 @@ from studylib.names import (
 )
 from studylib.redact import redact
 from studylib.sweep.loops import open_share, trial_loop
-from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps
+from studylib.sweep.preflight import check_sweep
+from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps, relog_missing
 from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
-from studylib.sweep.workers import check_workers, run_workers
-from studylib.tracking import environment_tags, group_tags, open_tracker
+from studylib.sweep.workers import run_workers
+from studylib.tracking import (
+    Tracker,
+    TrackingUnavailable,
+    environment_tags,
+    group_tags,
+    open_tracker,
+)
 from studylib.train import resolve_device
-from studylib.train.population import Population, check_population_search
 
 
 @dataclass
@@ -53,14 +59,6 @@ class SweepSummary:
     best_value: float | None
     best_trial: int | None
     seconds: float
-
-
-def check_speedups(exp: Experiment, settings: Settings, workers: int, population: int) -> None:
-    """Bad --workers / --population settings as one ConfigError, before anything runs."""
-    if workers > 1:
-        check_workers(workers, settings.storage)
-    if population > 1:
-        check_population_search(exp)
 
 
 def run_sweep(
@@ -78,15 +76,13 @@ def run_sweep(
     > 1 that many trials train at once as one batched model (loops.run_population).
     """
     started = time.monotonic()
-    check_speedups(exp, settings, workers, population)
+    check_sweep([exp], settings, workers, population)  # nothing is opened before it passes
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
     with stop_on_signals():
         progress = Progress(total, 0, settings.progress)
         share = open_share(exp, settings, total, progress, new_study=new_study)
         exp, study, tracker = share.exp, share.study, share.tracker
-        if population > 1:  # a model vmap cannot map is refused before any trial is claimed
-            Population([exp], share.splits)
         for note in close_dead_sweeps(tracker):
             say(note)
         lacking = audit_records(study, tracker)
@@ -109,6 +105,8 @@ def run_sweep(
         )
         parent.log_params(exp.flat())
         share.parent_id = parent.run_id
+        if lacking:
+            relog(study, tracker, exp, parent.run_id)
         status = "FINISHED"
         try:
             if workers > 1:  # N processes on this machine, this one among them
@@ -148,6 +146,23 @@ def run_sweep(
             f"{[t.number for t in running]} still run on other machines"
         )
     return summary
+
+
+def relog(study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str) -> None:
+    """Finished trials without an MLflow record get one from what Optuna holds, under this
+    sweep's parent run; if that fails too, the error names them."""
+    try:
+        relogged = relog_missing(study, tracker, exp, parent_id)
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(
+            f"{exc}; finished trials lacking an MLflow record stay without one (sweep again "
+            "with the tracking store back to re-log them from Optuna)"
+        ) from None
+    if relogged:
+        say(
+            f"trials {', '.join(map(str, relogged))} had no MLflow run: re-logged from Optuna "
+            "(parameters, validation curve, value and kept results; no train curves or weights)"
+        )
 
 
 def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:

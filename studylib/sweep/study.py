@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studylib.config import Experiment, Settings
+from studylib.config import SEED_MAX, Experiment, Settings
 from studylib.console import say
 from studylib.errors import ConfigError
 from studylib.locks import exclusive
@@ -49,7 +49,9 @@ def sampler_for(seed: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
     parameters therefore depend on `seed + k` and, once TPE's random start-up is over, on
     which trials had finished when it was asked.
     """
-    return optuna.samplers.TPESampler(seed=seed + trials_so_far)
+    # Wrapped into numpy's 32-bit seed range (config.SEED_MAX): a seed near the top plus the
+    # trial count must not overflow it.
+    return optuna.samplers.TPESampler(seed=(seed + trials_so_far) % (SEED_MAX + 1))
 
 
 def pruner_for(exp: Experiment) -> optuna.pruners.BasePruner:
@@ -77,14 +79,15 @@ def open_study(
     names = [exp.name] + [f"{exp.name}-v{k}" for k in range(2, 100)]
     for name in names:
         with exclusive(settings.storage, f"study:{name}"):
-            study = optuna.create_study(
-                study_name=name,
-                storage=storage,
-                direction="minimize",
-                pruner=pruner_for(exp),
-                sampler=sampler_for(exp.seed, 0),
-                load_if_exists=True,
-            )
+            # Loaded when it exists, not "created if missing": a journal records every create
+            # call, so a resume that is then refused would still have written to it.
+            how = {"pruner": pruner_for(exp), "sampler": sampler_for(exp.seed, 0)}
+            if study_exists(storage, name):
+                study = optuna.load_study(study_name=name, storage=storage, **how)
+            else:
+                study = optuna.create_study(
+                    study_name=name, storage=storage, direction="minimize", **how
+                )
             if CONFIG_ATTR not in study.user_attrs:
                 if study.trials:
                     say(f"study {name} predates stored settings: it adopts the current ones")
@@ -98,6 +101,14 @@ def open_study(
             say(f"study {exp.name} holds other settings: this sweep uses study {name}")
         return study
     raise ConfigError(f"--new-study: {exp.name}-v2 to -v99 all hold other settings")
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.trial import BaseTrial
 
 from studylib.config import DEFAULT_SPEED, Experiment, Speed, all_regularizers_off
 from studylib.console import Progress
@@ -60,6 +61,13 @@ def trial_setup(
     exp: Experiment, trial: optuna.Trial, storage: optuna.storages.BaseStorage
 ) -> TrialPlan:
     """A trial's config (sampled values, or the baseline's), MLflow tags and run name."""
+    system = storage.get_trial_system_attrs(trial_id(storage, trial.study, trial.number))
+    return trial_plan(exp, trial, system.get("failed_trial"))
+
+
+def trial_plan(exp: Experiment, trial: BaseTrial, retry_of: int | None) -> TrialPlan:
+    """The plan of a trial being run, or of a finished one (a FrozenTrial answers `suggest`
+    with the values it took) whose lost run is made again from what Optuna holds."""
     is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
     values = suggest(trial, exp.sweep.search)
     if is_baseline:
@@ -67,9 +75,8 @@ def trial_setup(
     tags = {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)}
     if is_baseline:
         tags[BASELINE_TAG] = "true"
-    system = storage.get_trial_system_attrs(trial_id(storage, trial.study, trial.number))
-    if system.get("failed_trial") is not None:
-        tags[RETRY_OF_TAG] = str(system["failed_trial"])
+    if retry_of is not None:
+        tags[RETRY_OF_TAG] = str(retry_of)
     name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
     return TrialPlan(exp.with_values(values), name, tags)
 

@@ -14,7 +14,9 @@ oversubscribe the machine (measured on 2 cores: two processes of two threads eac
 65 times slower than one), so each worker gets cores // N torch threads.
 
 A crashed trial stops the sweep as it does without workers: its worker exits with the error,
-the others finish the trial they are on and take no new one, and the sweep fails.
+the others finish the trial they are on and take no new one, and the sweep fails. A worker that
+is killed (`kill -9`, the OOM killer) stops nothing: its trial is failed and queued again by
+the others (claim.watch), and the sweep ends as it would have, naming the lost worker.
 Reproducibility: the sampler is seeded by trial number (`study.sampler_for`), so TPE's random
 start-up trials get the same parameters in any mode; after it, a trial's parameters depend on
 which trials had finished when it was asked, which with several workers depends on timing.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from multiprocessing.sharedctypes import Synchronized
@@ -34,8 +37,9 @@ import optuna
 import torch
 
 from studylib.config import Experiment, Settings
-from studylib.console import Progress
-from studylib.errors import ConfigError, stop_on_signals
+from studylib.console import Progress, say
+from studylib.errors import ConfigError, Incomplete, stop_on_signals
+from studylib.locations import Location
 from studylib.sweep.loops import Share, open_share, trial_loop
 from studylib.sweep.study import counted_trials
 
@@ -56,7 +60,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or machine_cores()) // workers)
 
 
-def check_workers(workers: int, storage: str) -> None:
+def check_workers(workers: int, storage: Location) -> None:
     """Bad worker settings as one `ConfigError` line, before anything runs."""
     cores = machine_cores()
     if workers > cores:
@@ -64,10 +68,10 @@ def check_workers(workers: int, storage: str) -> None:
             f"--workers = {workers}: this machine gives the process {cores} cores; "
             f"allowed 1..{cores} (more workers than cores only slows every trial down)"
         )
-    if storage.startswith("sqlite:"):
+    if storage.kind == "sqlite":
         raise ConfigError(
-            f"--storage = {storage}: SQLite locks under parallel Optuna workers; use a journal "
-            "file (the default, e.g. --storage optuna.journal) or a PostgreSQL URL"
+            f"--storage = {storage.redacted}: SQLite locks under parallel Optuna workers; use a "
+            "journal file (the default, e.g. --storage optuna.journal) or a PostgreSQL URL"
         )
 
 
@@ -135,11 +139,31 @@ def run_workers(share: Share, workers: int, population: int = 1) -> None:
         share.tally.ran += ran.value
         progress.sync(min(counted_trials(study), total))
     failed = [p for p in processes if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} of {len(processes) + 1} workers failed (exit codes "
-            f"{[p.exitcode for p in failed]}); their tracebacks are printed above"
+    if not failed:
+        return
+    ended = "; ".join(f"{p.name} (pid {p.pid}) {how_it_ended(p.exitcode)}" for p in failed)
+    done = counted_trials(study)
+    if done >= total:  # the others ran the lost worker's trials again: nothing is missing
+        say(
+            f"{ended}; its trials were failed and run again by the other workers: the study "
+            f"holds all {total} trials"
         )
+        return
+    raise Incomplete(
+        f"{len(failed)} of {len(processes) + 1} workers ended early ({ended}); the study holds "
+        f"{done} of {total} trials: sweep again to finish it"
+    )
+
+
+def how_it_ended(exitcode: int | None) -> str:
+    """A worker process's end, as it happened: killed by a signal, or which exit and why."""
+    if exitcode is None:
+        return "did not stop"
+    if exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    if exitcode == 1:
+        return "exited 1 (its traceback is printed above)"
+    return f"exited {exitcode}"
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

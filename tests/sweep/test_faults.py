@@ -63,3 +63,48 @@ def test_diverging_mismatch_secrets_and_bad_files_as_processes(tmp_path):
     folder.mkdir()
     outcome = faults.secrets(folder, None, None)
     assert outcome.ok, explain(outcome)
+
+
+# Issue 13: what a fault hunt broke, each as a real `studylib` process.
+
+
+def test_resume_of_a_torn_journal_at_three_offsets(tmp_path):
+    """1. A torn journal locked the study for good; now the next sweep repairs it (the torn
+    bytes in a side file named in one line) and completes the study."""
+    outcomes = faults.torn_journal(tmp_path)
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert outcome.ok, explain(outcome)
+        assert outcome.numbers["exit"] == 0 and outcome.numbers["done"] == 3
+
+
+def test_a_killed_worker_does_not_fail_a_study_that_completes(tmp_path):
+    """8. kill -9 of one of two --workers processes: exit 0, the worker named, no claim of a
+    traceback that was never printed."""
+    outcome = faults.worker_killed(tmp_path)
+    assert outcome.ok, explain(outcome)
+    assert outcome.numbers["exit"] == 0
+
+
+def test_lost_mlflow_records_are_relogged_and_the_report_lists_every_trial(tmp_path):
+    """8. A zero-byte mlflow.db and a trial that crashed before its run existed: the report
+    lists the run-less trial; the next sweep re-logs every finished trial from Optuna."""
+    outcome = faults.lost_records(tmp_path)
+    assert outcome.ok, explain(outcome)
+
+
+@pytest.mark.slow
+def test_the_survivor_recovers_a_killed_sweeps_trial_while_it_trains(tmp_path):
+    """7, on one machine: the watcher finds the dead sweep's trial while its own trains, and
+    closes the dead sweep's parent run."""
+    outcome = faults.survivor_recovers(tmp_path)
+    assert outcome.ok, explain(outcome)
+    assert outcome.numbers["while_training"]
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_sweep_leaves_a_whole_journal(tmp_path):
+    outcome = faults.disk_full(tmp_path)
+    if outcome.lost is None:
+        pytest.skip(outcome.observed)
+    assert outcome.ok, explain(outcome)

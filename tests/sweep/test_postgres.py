@@ -34,9 +34,13 @@ def test_four_workers_five_trials_each_give_twenty(tmp_path):
     assert sum(outcome.numbers["ran"]) == 20
 
 
-def test_killed_workers_trial_is_retried_through_the_heartbeat(tmp_path):
-    outcome = faults.postgres_heartbeat(tmp_path)
+def test_killed_workers_trial_is_recovered_within_three_heartbeats_while_others_train(tmp_path):
+    """Issue 13, 7: a survivor used to look for stale trials only when its own trial ended
+    (47 s after the kill with --heartbeat 2); its watcher now fails and queues the dead one's
+    trial within three heartbeats while it trains, and closes the dead sweep's parent run."""
+    outcome = faults.postgres_heartbeat(tmp_path, heartbeat=2)
     assert outcome.ok, explain(outcome)
+    assert outcome.numbers["seconds"] <= 6 and outcome.numbers["while_training"]
     assert outcome.numbers["retry"] is not None and outcome.numbers["done"] == 3
 
 

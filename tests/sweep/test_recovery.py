@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import subprocess
@@ -18,8 +19,9 @@ from optuna.trial import TrialState
 from studylib.cli import main
 from studylib.locks import exclusive
 from studylib.names import CONFIG_ATTR, FAILURE_ATTR, OWNER_ATTR, RUN_ID_ATTR
-from studylib.sweep import recovery, run_sweep
+from studylib.sweep import claim, recovery, run_sweep
 from studylib.sweep.recovery import Worker, audit_records, fail_dead_trials, queue_retries
+from studylib.sweep.space import suggest
 from studylib.sweep.storage import MAX_RETRIES, make_storage
 from studylib.sweep.study import differences
 from studylib.tracking import Tracker
@@ -245,3 +247,104 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
 
 def test_hostname_is_what_workers_record():
     assert Worker.current().host == socket.gethostname()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13: the watcher, parent runs judged by their owner, lost records re-logged
+
+
+def test_the_watcher_recovers_a_dead_workers_trial_while_this_one_trains(settings, monkeypatch):
+    """Survivors used to look for dead workers' trials only when their own trial ended (47 s
+    on PostgreSQL); the watcher looks while trials train."""
+    monkeypatch.setattr(claim, "WATCH_SECONDS", 0.05)
+    study, tracker = _study(settings)
+    me = Worker.current()
+    dead, _ = _running_trial(study, tracker, Worker(me.host, me.boot, dead_pid(), "1"))
+    mine, _ = _running_trial(study, tracker, me)  # "training" while the watcher runs
+    storage = make_storage(settings.storage)
+    with claim.watch(study, storage, settings, tracker):
+        deadline = time.monotonic() + 30
+        while study.get_trials(states=(TrialState.WAITING,)) == [] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[dead.number] == TrialState.FAIL and states[mine.number] == TrialState.RUNNING
+    retry = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["failed_trial"] for t in retry] == [dead.number]
+
+
+def _sweep_run(tracker, owner: dict) -> str:
+    run = tracker.start_run("sweep", tags={"studylib.role": "sweep", OWNER_ATTR: json.dumps(owner)})
+    return run.run_id
+
+
+def test_a_parent_run_is_closed_only_when_its_owner_is_found_dead(settings):
+    _, tracker = _study(settings)
+    me = Worker.current()
+    gone_here = Worker(me.host, me.boot, dead_pid(), "1")
+    silent_elsewhere = Worker("elsewhere", "b", 7, "1")  # its heartbeat stopped
+    alive_elsewhere = Worker("elsewhere", "b", 8, "1")
+    ids = {
+        "gone here": _sweep_run(tracker, gone_here.as_attr()),
+        "silent elsewhere": _sweep_run(tracker, silent_elsewhere.as_attr()),
+        "alive elsewhere": _sweep_run(tracker, alive_elsewhere.as_attr()),
+        "alive here": _sweep_run(tracker, me.as_attr()),
+        "a launcher's job": _sweep_run(tracker, {"job": "slurm:1234", "host": me.host}),
+    }
+    notes = recovery.close_dead_sweeps(tracker, {silent_elsewhere})
+    assert len(notes) == 2
+    client = MlflowClient(settings.tracking_uri)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "gone here": "KILLED",
+        "silent elsewhere": "KILLED",
+        "alive elsewhere": "RUNNING",
+        "alive here": "RUNNING",
+        "a launcher's job": "RUNNING",
+    }
+    reason = client.get_run(ids["silent elsewhere"]).data.tags["studylib.reason"]
+    assert reason == "its worker (pid 7 on elsewhere) stopped sending heartbeats"
+
+
+def test_finished_trials_without_a_run_are_relogged_from_optuna_once(tiny, settings):
+    study, tracker = _study(settings, name="tiny")
+    values = {}
+    for value, pruned in ((0.5, False), (0.4, False), (None, True)):
+        trial = study.ask()
+        suggest(trial, tiny.sweep.search)  # every parameter of the search, as a sweep takes them
+        for epoch in (1, 2, 3):
+            trial.report(1.0 / epoch, epoch)
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        for key, attr in (("best_epoch", 3), ("stopped_epoch", 3), ("test_acc", 0.7)):
+            trial.set_user_attr(key, attr)
+        trial.set_user_attr("selected_val_acc", 0.6)
+        study.tell(trial, value)
+        values[trial.number] = value
+    crashed = study.ask()
+    crashed.set_user_attr(FAILURE_ATTR, "crashed")
+    crashed.set_user_attr("studylib.reason", "ValidationError: lr above 10")
+    study.tell(crashed, state=TrialState.FAIL)
+    assert audit_records(study, tracker) == [f"{n} (no run)" for n in range(4)]
+
+    relogged = recovery.relog_missing(study, tracker, tiny, parent_id=None)
+    assert relogged == [0, 1, 2, 3]
+    assert recovery.relog_missing(study, tracker, tiny, parent_id=None) == []  # once only
+    assert audit_records(study, tracker) == []
+    client = MlflowClient(settings.tracking_uri)
+    runs = {
+        int(r.data.tags["optuna.trial_number"]): r
+        for r in client.search_runs([tracker.experiment_id], "tags.`studylib.role` = 'trial'")
+    }
+    for number, value in values.items():
+        run = runs[number]
+        assert run.info.status == "FINISHED" and run.data.tags["studylib.status"] == "completed"
+        assert run.data.metrics["selected_val_loss"] == value
+        assert run.data.metrics["test_acc"] == 0.7 and run.data.metrics["best_val_loss"] == 1 / 3
+        assert run.data.tags["studylib.relogged_from"] == "optuna"
+        assert run.data.params["model.dropout"] == str(study.trials[number].params["dropout"])
+        curve = client.get_metric_history(run.info.run_id, "val/loss")
+        assert [(m.step, m.value) for m in curve] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert runs[2].data.tags["studylib.status"] == "pruned"
+    assert runs[3].info.status == "FAILED" and runs[3].data.tags["studylib.status"] == "crashed"
+    assert "lr above 10" in runs[3].data.tags["studylib.reason"]

@@ -14,11 +14,12 @@ from conftest import local_settings
 from mlflow import MlflowClient
 
 from studylib.errors import ConfigError
+from studylib.locations import parse_storage
 from studylib.names import OWNER_ATTR
 from studylib.sweep import run_sweep, workers
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials
-from studylib.sweep.workers import check_workers, threads_per_worker
+from studylib.sweep.workers import check_workers, how_it_ended, threads_per_worker
 
 
 @pytest.mark.parametrize(
@@ -32,10 +33,10 @@ def test_workers_times_threads_stay_within_the_cores(workers_, cores, threads):
 def test_bad_worker_settings_are_one_line_errors(monkeypatch):
     monkeypatch.setattr(workers, "machine_cores", lambda: 2)
     with pytest.raises(ConfigError, match=r"--workers = 3: .* 2 cores; allowed 1..2"):
-        check_workers(3, "optuna.journal")
+        check_workers(3, parse_storage("optuna.journal"))
     with pytest.raises(ConfigError, match="SQLite locks under parallel"):
-        check_workers(2, "sqlite:///optuna.db")
-    check_workers(2, "optuna.journal")  # fine
+        check_workers(2, parse_storage("sqlite:///optuna.db"))
+    check_workers(2, parse_storage("optuna.journal"))  # fine
 
 
 def test_cli_rejects_more_workers_than_cores_before_running(tmp_path, monkeypatch, capsys):
@@ -152,3 +153,11 @@ def test_one_and_two_workers_run_the_same_study(
         one, two = studies[1][number], studies[2][number]
         assert one.params == two.params, number
         assert one.value == pytest.approx(two.value, rel=1e-6), number  # 1 torch thread each
+
+
+def test_a_workers_end_is_told_as_it_happened():
+    """Issue 13, 8: "tracebacks printed above" was said of a worker killed by SIGKILL."""
+    assert how_it_ended(-9) == "was killed by SIGKILL"
+    assert how_it_ended(-15) == "was killed by SIGTERM"
+    assert how_it_ended(1) == "exited 1 (its traceback is printed above)"
+    assert how_it_ended(2) == "exited 2"
