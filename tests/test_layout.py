@@ -1,8 +1,8 @@
 """The house: imports run only downhill, data -> models -> train -> tracking -> sweep -> report
 -> cli, and the package's folders are that pipeline.
 
-Shared small modules (config, errors, names, tokens, console, redact, locks) may be imported by
-every stage and import no stage, with one declared exception: config imports the model configs,
+Shared small modules (config, errors, names, tokens, console, redact, locks, locations) may be
+imported by every stage and import no stage, with one declared exception: config imports the model configs,
 which live beside their modules (studylib/models/*.py), as nanoGPT keeps GPTConfig beside GPT.
 An import inside a function must say why in a comment on its line or the line above: an
 optional dependency or a measured start-up cost.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "studylib"
 STAGES = ("data", "models", "train", "tracking", "sweep", "report", "cli")
-SHARED = ("config", "errors", "names", "tokens", "console", "redact", "locks")
+SHARED = ("config", "errors", "names", "tokens", "console", "redact", "locks", "locations")
 DECLARED = {("config", "models")}  # (importer, imported) allowed against the rule
 ENTRY = ("studylib", "studylib.__main__")  # the package and `python -m studylib` (runs cli)
 WHY = ("start-up", "optional")
