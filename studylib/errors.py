@@ -18,7 +18,8 @@ class ConfigError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the current trial is closed in Optuna and MLflow, then the sweep stops."""
+    """SIGINT or SIGTERM (or a launcher's SIGUSR2): the current trial is closed in Optuna and
+    MLflow, then the sweep stops."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -26,8 +27,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into `Interrupted` (signals reach the main thread only)."""
+def stop_on_signals(also: tuple[int, ...] = ()) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM, and the signals in `also`, into `Interrupted` (signals reach
+    the main thread only). A Slurm worker adds SIGUSR2: the warning before its time limit or a
+    preemption (launchers/slurm.py)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -35,7 +38,8 @@ def stop_on_signals() -> Iterator[None]:
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, *also)
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:

@@ -75,6 +75,19 @@ def open_share(
     parent_id: str | None = None,
 ) -> Share:
     """Open the study, its data and its MLflow experiment, as every process of a sweep does."""
+    exp, study, storage, tracker = open_records(exp, settings, new_study=new_study)
+    device = resolve_device(settings.device)
+    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+    return Share(
+        exp, settings, study, storage, tracker, splits, total, progress, Tally(), parent_id
+    )
+
+
+def open_records(
+    exp: Experiment, settings: Settings, *, new_study: bool = False
+) -> tuple[Experiment, optuna.Study, optuna.storages.BaseStorage, Tracker]:
+    """The study (created or resumed; `exp` renamed if --new-study chose another) and its
+    MLflow experiment, without the data: what a launcher that trains nothing itself opens."""
     # Optuna creates its tables in a fresh database without a lock; workers doing so at once
     # on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
     with exclusive(settings.storage, "optuna-init"):
@@ -82,12 +95,7 @@ def open_share(
     study = open_study(exp, settings, storage, new_study=new_study)
     if study.study_name != exp.name:
         exp = exp.with_values({"name": study.study_name})
-    device = resolve_device(settings.device)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    tracker = open_tracker(exp, settings)
-    return Share(
-        exp, settings, study, storage, tracker, splits, total, progress, Tally(), parent_id
-    )
+    return exp, study, storage, open_tracker(exp, settings)
 
 
 def trial_loop(

@@ -48,6 +48,7 @@ from studylib.names import (
     RUN_ID_ATTR,
     STATUS_TAG,
 )
+from studylib.sweep.owners import JobOwner
 from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
 from studylib.tracking import Tracker
@@ -215,10 +216,20 @@ def queue_retries(study: optuna.Study) -> list[str]:
 
 
 def close_dead_sweeps(tracker: Tracker) -> list[str]:
-    """Parent runs of sweeps whose worker died on this machine: closed as KILLED."""
+    """Parent runs of sweeps whose worker died on this machine, or whose Slurm or Ray job the
+    engine says has ended (owners.py): closed as KILLED. A job the engine cannot be asked
+    about is left alone."""
     notes = []
     for run in tracker.open_runs("sweep"):
-        owner = Worker.from_attr(_json(run.data.tags.get(OWNER_ATTR)))
+        attr = _json(run.data.tags.get(OWNER_ATTR))
+        job = JobOwner.from_attr(attr)
+        if job is not None:
+            if job.state() == "gone":
+                reason = f"its {job.describe()} has ended"
+                if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
+                    notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+            continue
+        owner = Worker.from_attr(attr)
         if owner is not None and owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
             if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
