@@ -288,6 +288,12 @@ def _launch(args: argparse.Namespace) -> Launch:
             flags["slurm.sbatch"] = dict(parse_assignment(text) for text in args.sbatch)
         if args.setup:
             flags["slurm.setup"] = list(args.setup)
+    if args.launcher == "local" and (args.detach or args.dry_run):
+        flag = "--detach" if args.detach else "--dry-run"
+        raise ConfigError(
+            f"{flag} needs --launcher slurm or ray; on this machine run the sweep under nohup "
+            "or tmux"
+        )
     if args.jobs is not None and args.workers != 1 and args.jobs != args.workers:
         raise ConfigError(f"--jobs = {args.jobs} and --workers = {args.workers}: give one")
     return Launch(

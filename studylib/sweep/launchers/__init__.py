@@ -50,12 +50,6 @@ def make_engine(launch: Launch, exp: Experiment) -> Engine:
 def check_launch(exp: Experiment, settings: Settings, launch: Launch) -> None:
     """Bad launcher settings as one ConfigError line, before anything is written."""
     if launch.kind == "local":
-        if launch.detach or launch.dry_run:
-            flag = "--detach" if launch.detach else "--dry-run"
-            raise ConfigError(
-                f"{flag} needs --launcher slurm or ray; on this machine run the sweep under "
-                "nohup or tmux"
-            )
         return
     if exp.ablation is not None and (exp.sweep.trials == 0 or not exp.sweep.search):
         raise ConfigError(

@@ -197,17 +197,17 @@ def check_reachable(settings: Settings, launch: Launch) -> None:
     """Refuse, in one line, a storage or tracking location only this machine can reach, unless
     the launch says the cluster is this machine (`--one-machine`) or the files lie on a folder
     every node mounts (`--shared-folder`; NFS, Lustre, ... are recognized by themselves)."""
-    if launch.kind == "local" or launch.one_machine:
+    if launch.kind == "local":
         return
-    if launch.kind == "ray" and launch.config.ray.address is None:
-        return  # a Ray started here: the cluster is this machine
     storage = parse_storage(settings.storage)
-    tracking = parse_tracking_uri(settings.tracking_uri)
     if storage.kind == "sqlite":
         raise ConfigError(
             f"--storage = {storage.redacted}: SQLite locks under parallel Optuna workers; use "
             "postgresql://USER@HOST:5432/DB (or a journal file on a shared folder)"
         )
+    if launch.one_machine or (launch.kind == "ray" and launch.config.ray.address is None):
+        return  # the cluster is this machine (a Ray started here is)
+    tracking = parse_tracking_uri(settings.tracking_uri)
     for flag, location, instead in (
         ("--storage", storage, "postgresql://USER@DBHOST:5432/DB"),
         ("--tracking-uri", tracking, "http://TRACKINGHOST:5000 (an MLflow server)"),
