@@ -22,6 +22,7 @@ import pickle
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -348,3 +349,60 @@ def test_local_workers_sweep_of_8_trials_for_comparison(stack):
     proc = launch(stack, exp, "--workers", "2")
     check_complete_sweep(stack, proc)
     record_time("--workers 2", time.monotonic() - started)
+
+
+@pytest.fixture
+def ray_head(ray_installed, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    """A running Ray cluster (head on 127.0.0.1, token authentication) from ray-up.sh; its
+    client environment is set in this process, as a user sources it in their shell."""
+    state = tmp_path / "ray-head"
+    env = {
+        **os.environ,
+        "RAY_BIN": str(Path(sys.executable).parent / "ray"),
+        "RAY_NUM_CPUS": "2",
+        "RAY_GCS_PORT": str(faults.free_port()),
+    }
+    up = subprocess.run(
+        ["bash", str(ENGINES / "ray-up.sh"), str(state)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        if up.returncode != 0:
+            missing(f"ray-up.sh failed: {(up.stderr or up.stdout)[-500:]}")
+        client = {}
+        for line in (state / "env").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            client[key] = value
+            monkeypatch.setenv(key, value)
+        yield client
+    finally:
+        subprocess.run(["bash", str(ENGINES / "ray-down.sh"), str(state)], timeout=120)
+
+
+def test_ray_detached_parent_belongs_to_its_job_until_the_study_is_done(ray_head, stack):
+    """--detach on a running cluster: a detached actor drives the workers after the command
+    returned; recovery leaves the parent run alone while the actor lives; the last worker
+    closes it FINISHED; then the job is gone."""
+    exp = faults.write_experiment(stack.folder, epochs=faults.MID_TRIAL_EPOCHS, trials=TRIALS)
+    flags = ("--launcher", "ray", "--jobs", "2", "--ray-address", "auto", "--one-machine")
+    proc = launch(stack, exp, *flags, "--detach")
+    assert proc.wait(300) == 0, proc.stderr()[-3000:]
+    assert "submitted; watch: Ray job studylib-faults-" in proc.stdout()
+    (parent,) = runs_of(stack, "sweep")
+    owner = JobOwner.from_attr(json.loads(parent.data.tags[OWNER_ATTR]))
+    assert owner is not None and owner.engine == "ray"
+    assert owner.where == ray_head["RAY_ADDRESS"]
+    mid_trial(stack)
+    assert owner.state() == "alive"
+    tracker = Tracker(stack.server_url, faults.STUDY)
+    assert close_dead_sweeps(tracker) == []
+    assert tracker.run_states("sweep")[parent.info.run_id] == "RUNNING"
+    faults.wait_until(
+        lambda: tracker.run_states("sweep")[parent.info.run_id] == "FINISHED", 900, "the end"
+    )
+    trials = faults.trials_of(stack.storage)
+    assert faults.counted(trials) == TRIALS and len(trials) == TRIALS
+    faults.wait_until(lambda: owner.state() == "gone", 120, "the driving actor to exit")
