@@ -311,14 +311,49 @@ def ray_processes() -> set[int]:
     return {int(p) for p in found.stdout.split()}
 
 
+def family_of(pids: set[int]) -> set[int]:
+    """`pids` and every process descending from them."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    family = set(pids)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return family
+
+
+def listeners_of(pids: set[int]) -> list[str]:
+    """The TCP addresses these processes listen on (ss -ltnp)."""
+    found = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    return [
+        line.split()[3] for line in found.splitlines() if any(f"pid={pid}," in line for pid in pids)
+    ]
+
+
+def loopback(bind: str) -> bool:
+    return bind.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))
+
+
 def test_ray_sweep_of_8_trials_on_2_workers(ray_installed, stack):
-    """No address: the launcher starts Ray here (127.0.0.1), runs 2 worker tasks, stops Ray."""
+    """No address: the launcher starts Ray here, every server of it on 127.0.0.1, runs 2
+    worker tasks, and stops Ray."""
     before = ray_processes()
     exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS)
     started = time.monotonic()
     proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2")
+    heads = faults.wait_until(lambda: ray_processes() - before, 300, "Ray to start")
+    time.sleep(3)  # its agents and workers open their ports
+    binds = listeners_of(family_of(heads))
     check_complete_sweep(stack, proc)
     record_time("ray --jobs 2", time.monotonic() - started)
+    assert binds and all(loopback(bind) for bind in binds), binds
     (parent,) = runs_of(stack, "sweep")
     assert (
         parent.data.tags[LAUNCHER_TAG] == "2 Ray tasks on a Ray started on this machine (127.0.0.1)"
