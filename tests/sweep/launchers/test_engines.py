@@ -276,6 +276,26 @@ def test_slurm_usr2_closes_the_trial_and_requeues_the_task(slurm, stack):
     assert outcome == "success" and report["stopped_by"] == "SIGUSR2" and report["requeued"]
 
 
+def test_slurm_ctrl_c_of_the_waiting_command_cancels_its_job(slurm, stack):
+    """The waiting command is the job's handle: SIGINT cancels the array (each task closes the
+    trial it is on), closes the parent run KILLED and exits 130; a rerun resumes."""
+    exp = faults.write_experiment(stack.folder, epochs=faults.MID_TRIAL_EPOCHS, trials=TRIALS)
+    proc = launch(stack, exp, "--launcher", "slurm", "--jobs", "2", "--one-machine")
+    victim = mid_trial(stack)
+    job = slurm_task_of(victim).split("_")[0]
+    proc.popen.send_signal(signal.SIGINT)
+    assert proc.wait(300) == 130, proc.stderr()[-3000:]
+    assert "stopped by SIGINT" in proc.stderr() and "Traceback" not in proc.stderr()
+    assert no_slurm_job_left(job)
+    trials = faults.trials_of(stack.storage)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    closed = [t for t in trials if t.state == TrialState.FAIL]
+    assert closed and all(t.user_attrs[FAILURE_ATTR] == "interrupted" for t in closed)
+    (parent,) = runs_of(stack, "sweep")
+    assert parent.info.status == "KILLED"
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs_of(stack, "trial"))
+
+
 def test_slurm_detached_parent_is_not_closed_while_its_job_lives(slurm, stack):
     exp = faults.write_experiment(stack.folder, epochs=faults.MID_TRIAL_EPOCHS, trials=TRIALS)
     proc = launch(stack, exp, "--launcher", "slurm", "--jobs", "2", "--one-machine", "--detach")
