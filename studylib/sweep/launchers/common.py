@@ -401,16 +401,16 @@ def watch(fleet: Fleet, study: optuna.Study, total: int, progress: Progress) -> 
             say(note)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         progress.bar.set_postfix_str(f"{state.alive} workers, {running} trials running")
-        if state.crashed is not None:
-            fleet.cancel()
-            wait_until_ended(fleet, STOP_GRACE_SECONDS)
-            return f"a worker failed, the others were stopped: {state.crashed}"
-        if done >= total:
+        if done >= total:  # complete, whatever a worker met on its way out
             # Workers of a complete study exit by themselves; tasks never started need not.
             fleet.stop_pending()
             if not wait_until_ended(fleet, STOP_GRACE_SECONDS):
                 fleet.cancel()
             return None
+        if state.crashed is not None:
+            fleet.cancel()
+            wait_until_ended(fleet, STOP_GRACE_SECONDS)
+            return f"a worker failed, the others were stopped: {state.crashed}"
         if state.alive == 0:
             return (
                 f"every worker of {fleet.describe} has ended and study {study.study_name} holds "

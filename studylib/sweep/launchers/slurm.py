@@ -35,6 +35,7 @@ from studylib.config import SlurmConfig
 from studylib.errors import ConfigError
 from studylib.redact import redact
 from studylib.sweep.launchers.common import (
+    POLL_SECONDS,
     FleetState,
     Secrets,
     WorkerSpec,
@@ -52,6 +53,7 @@ from studylib.sweep.owners import (
 STORAGE_ENV = "STUDYLIB_STORAGE"  # the real storage URL, in the job's environment only
 TRACKING_ENV = "STUDYLIB_TRACKING_URI"
 INSTALL = "pip install 'studylib[slurm]'"
+CONTROLLER_SILENCE_SECONDS = 600.0  # a Slurm controller restarting answers again within this
 
 
 def slurm_worker(spec: WorkerSpec, max_requeues: int) -> dict:
@@ -170,7 +172,9 @@ class SlurmFleet:
         self.folder = folder
         where = cluster or "(unnamed)"
         self.describe = f"Slurm job {self.job_id} ({len(jobs)} tasks) on cluster {where}"
-        self.owner = JobOwner("slurm", self.job_id, cluster) if cluster else None
+        # Always the job, even on a cluster without a name: a parent that no engine can judge
+        # stays open rather than being closed as the submitting process's when it exits.
+        self.owner = JobOwner("slurm", self.job_id, cluster)
         self.ended: set[str] = set()
         self.unanswered = 0
 
@@ -178,8 +182,15 @@ class SlurmFleet:
         states = slurm_task_states(self.job_id)
         if states is None:  # the controller did not answer: count every task still alive
             self.unanswered += 1
+            if self.unanswered * POLL_SECONDS > CONTROLLER_SILENCE_SECONDS:
+                raise RuntimeError(
+                    f"squeue has not answered for {CONTROLLER_SILENCE_SECONDS:.0f} s; "
+                    f"{self.describe} may still run: squeue -j {self.job_id}"
+                )
             alive = len(self.jobs) - len(self.ended)
-            return FleetState(alive, [f"squeue did not answer ({self.unanswered} times)"])
+            said = [] if self.unanswered not in (1, 10, 100) else ["squeue did not answer"]
+            return FleetState(alive, said)
+        self.unanswered = 0
         state = FleetState(alive=0)
         for task, job in self.jobs.items():
             slurm_state = states.get(task)

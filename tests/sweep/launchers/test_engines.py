@@ -366,7 +366,7 @@ def test_ray_sweep_of_8_trials_on_2_workers(ray_installed, stack):
     worker tasks, and stops Ray."""
     before = ray_processes()
     exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2")
     heads = faults.wait_until(lambda: ray_processes() - before, 300, "Ray to start")
     time.sleep(3)  # its agents and workers open their ports
@@ -374,6 +374,9 @@ def test_ray_sweep_of_8_trials_on_2_workers(ray_installed, stack):
     check_complete_sweep(stack, proc)
     record_time("ray --jobs 2", time.monotonic() - started)
     assert binds and all(loopback(bind) for bind in binds), binds
+    # The password went through Ray's object store: not into any log of the session.
+    sessions = [d for d in Path("/tmp/ray").glob("session_2*") if d.stat().st_mtime >= started_wall]
+    assert sessions and all(secrets_nowhere_in(d / "logs") == [] for d in sessions)
     (parent,) = runs_of(stack, "sweep")
     assert (
         parent.data.tags[LAUNCHER_TAG] == "2 Ray tasks on a Ray started on this machine (127.0.0.1)"
