@@ -26,22 +26,49 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# Signals caught by stop_on_signals(at_safe_points=True), raised by the next `checkpoint()`.
+_pending: list[int] = []
+
+
 @contextlib.contextmanager
-def stop_on_signals(also: tuple[int, ...] = ()) -> Iterator[None]:
+def stop_on_signals(also: tuple[int, ...] = (), *, at_safe_points: bool = False) -> Iterator[None]:
     """Turn SIGINT and SIGTERM, and the signals in `also`, into `Interrupted` (signals reach
     the main thread only). A Slurm worker adds SIGUSR2: the warning before its time limit or a
-    preemption (launchers/slurm.py)."""
+    preemption (launchers/slurm.py).
+
+    `at_safe_points`: the signal is only noted, and `checkpoint()` raises it where nothing is
+    half-written (between epochs, before a claim). Raised at once it can land inside a
+    database commit, which then fails as a storage error instead of an interruption (seen with
+    PostgreSQL: `scancel` mid-report gave "StorageInternalError ... during the commit" and a
+    trial marked crashed). Launched workers, whose normal end is a signal, use it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
-        raise Interrupted(signum)
+        if at_safe_points:
+            _pending.append(signum)
+        else:
+            raise Interrupted(signum)
 
     signals = (signal.SIGINT, signal.SIGTERM, *also)
+    _pending.clear()
     previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def checkpoint() -> None:
+    """A safe point: raise `Interrupted` for a signal noted by stop_on_signals(at_safe_points)."""
+    if _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise Interrupted(signum)
+
+
+def pending_signal() -> int | None:
+    """The signal noted and not yet raised, if any."""
+    return _pending[0] if _pending else None

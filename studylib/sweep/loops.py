@@ -17,7 +17,7 @@ import optuna
 from studylib.config import Experiment, Settings
 from studylib.console import Progress
 from studylib.data import Splits, load_splits
-from studylib.errors import ConfigError
+from studylib.errors import ConfigError, checkpoint
 from studylib.locks import exclusive
 from studylib.names import RUN_ID_ATTR
 from studylib.sweep.claim import (
@@ -105,6 +105,7 @@ def trial_loop(
     the study holds its total. `should_stop`: checked before each claim (a worker beside this
     one failed, or every trial is claimed)."""
     while not should_stop():
+        checkpoint()  # a launched worker's stop signal, raised before it claims
         s = share
         claim = claim_trials(s.study, s.storage, s.exp, s.settings, s.tracker, s.total, population)
         s.progress.sync(min(counted_trials(s.study), s.total))

@@ -149,7 +149,9 @@ def run_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     report = {"host": socket.gethostname(), "pid": os.getpid(), "ran": 0, "stopped_by": None}
     share = None
-    with stop_on_signals(also_stop_on):
+    # A stop signal is raised only at safe points (between epochs, before a claim): raised
+    # inside a database commit it would turn an interruption into a storage error.
+    with stop_on_signals(also_stop_on, at_safe_points=True):
         try:
             progress = Progress(spec.total, 0, enabled=False)
             share = open_share(spec.exp, settings, spec.total, progress, parent_id=spec.parent_id)

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import signal
+import time
 from dataclasses import replace
 
 import pytest
@@ -18,7 +19,13 @@ from conftest import write_toml
 
 from studylib import cli
 from studylib.config import load_experiment, load_launcher
-from studylib.errors import ConfigError, Interrupted, stop_on_signals
+from studylib.errors import (
+    ConfigError,
+    Interrupted,
+    checkpoint,
+    pending_signal,
+    stop_on_signals,
+)
 from studylib.names import OWNER_ATTR, REASON_TAG, ROLE_TAG
 from studylib.sweep.launchers.common import (
     Launch,
@@ -179,6 +186,20 @@ def test_usr2_becomes_interrupted_only_where_asked():
         signal.sigtimedwait([], 0.5) if hasattr(signal, "sigtimedwait") else None
     assert str(caught.value) == "SIGUSR2" and caught.value.signum == signal.SIGUSR2
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # restored
+
+
+def test_at_safe_points_a_signal_waits_for_the_next_checkpoint():
+    """A launched worker's stop signal must not land inside a database commit: it is noted,
+    and raised where nothing is half-written."""
+    with stop_on_signals(also=(signal.SIGUSR2,), at_safe_points=True):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.05)  # the handler has run: nothing was raised here
+        assert pending_signal() == signal.SIGUSR2
+        with pytest.raises(Interrupted) as caught:
+            checkpoint()
+        assert caught.value.signum == signal.SIGUSR2
+        checkpoint()  # raised once
+    assert pending_signal() is None
 
 
 def test_job_owner_round_trip_and_a_process_is_not_a_job():
