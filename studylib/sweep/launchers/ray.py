@@ -159,6 +159,8 @@ class RayEngine:
         address = auto_address() if config.address == "auto" else config.address
         loopback_client_environment(address)
         self.ray = ray = import_ray()
+        if ray.is_initialized():  # a group file's previous member, detached, kept it
+            return None
         context = ray.init(address=config.address, namespace=NAMESPACE, log_to_driver=False)
         return getattr(context, "dashboard_url", None) or None
 
