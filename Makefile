@@ -12,7 +12,7 @@ EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup setup-browser sweep ui report test test-slow faults lint format clean bench gpu-check
+.PHONY: help setup setup-browser setup-engines sweep ui report test test-slow test-engines faults lint format clean bench gpu-check
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
@@ -44,6 +44,16 @@ test: setup ## the default test suite (leaves out slow and gpu tests)
 
 test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+setup-engines: setup ## Debian's Slurm + munge (apt, root) and the slurm and ray extras in .venv
+	command -v slurmctld >/dev/null && command -v munged >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  slurmctld slurmd slurm-client munge)
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm,ray]"
+
+test-engines: setup-engines ## --launcher slurm|ray against a one-node Slurm and Ray started here
+	STUDYLIB_REQUIRE_ENGINES=1 STUDYLIB_ENGINE_TIMES=bench/out/engine-times.jsonl \
+	  $(BIN)/python -m pytest -q -m engines $(ARGS)
 
 faults: setup ## kill, interrupt, diverge, crowd and cut off sweeps; print what was lost (must be 0)
 	$(BIN)/python -m bench.faults $(ARGS)

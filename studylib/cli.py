@@ -9,23 +9,29 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
 from studylib.config import (
     MAX_TRIALS,
     Experiment,
+    RayConfig,
     Settings,
+    SlurmConfig,
     Speed,
     SweepConfig,
     field_refuses,
     load_experiments,
+    load_launcher,
     parse_assignment,
 )
 from studylib.errors import ConfigError, Incomplete, disk_full
 from studylib.locations import parse_storage, parse_tracking_uri
 from studylib.redact import install_log_filter, redact, remember
+
+if TYPE_CHECKING:
+    from studylib.sweep.launchers import Launch
 
 EXIT_FAILED = 1  # an unexpected error (traceback), or a sweep that ended short of its study
 EXIT_BAD_INPUT = 2  # also: a study resumed with other settings, a full disk
@@ -148,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULTS.tracking_retry_seconds:.0f})",
     )
     _add_speed_args(sweep)
+    _add_launcher_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
     train = commands.add_parser("train", help="one run with fixed values, logged like a trial")
@@ -222,6 +229,123 @@ def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> No
         help="bf16: forward passes under torch.autocast (default fp32)",
     )
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+# Flags that set a field of [launcher.slurm] / [launcher.ray]: (flag, dotted field, type).
+SLURM_FLAGS = (
+    ("--partition", "slurm.partition", str),
+    ("--time", "slurm.time", int),
+    ("--cpus-per-task", "slurm.cpus_per_task", int),
+    ("--gpus-per-task", "slurm.gpus_per_task", int),
+    ("--mem", "slurm.mem_gb", float),
+    ("--slurm-logs", "slurm.logs", str),
+)
+RAY_FLAGS = (
+    ("--ray-address", "ray.address", str),
+    ("--ray-cpus", "ray.num_cpus", float),
+    ("--ray-gpus", "ray.num_gpus", float),
+)
+
+
+def _add_launcher_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "launchers (README: Many machines); each Slurm or Ray value may also come from the "
+        "experiment file's [launcher.slurm] or [launcher.ray]"
+    )
+    group.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "ray"],
+        default="local",
+        help="where the workers run: processes here (local, the default), a Slurm job "
+        "array, or Ray tasks",
+    )
+    group.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="workers to launch (local: the same as --workers)",
+    )
+    group.add_argument(
+        "--detach", action="store_true", help="submit, print how to watch, and return"
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be submitted (Slurm: the sbatch script), submit nothing",
+    )
+    group.add_argument(
+        "--one-machine",
+        action="store_true",
+        help="the cluster is this machine: allow a local file or 127.0.0.1 for the storage "
+        "and tracking",
+    )
+    group.add_argument(
+        "--shared-folder",
+        action="store_true",
+        help="the storage / tracking files and the Slurm logs lie on a folder every node mounts",
+    )
+    metavars = {int: "N", float: "N", str: "TEXT"}
+    models = {"slurm": SlurmConfig, "ray": RayConfig}
+    for flag, field, kind in SLURM_FLAGS + RAY_FLAGS:
+        engine, name = field.split(".")
+        described = models[engine].model_fields[name].description
+        group.add_argument(
+            flag, type=kind, metavar=metavars[kind], help=f"{described} ([launcher.{field}])"
+        )
+    group.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another sbatch option, e.g. --sbatch account=proj --sbatch qos=high "
+        "([launcher.slurm] sbatch)",
+    )
+    group.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a shell line run before each Slurm worker, e.g. 'module load cuda' "
+        "([launcher.slurm] setup); never a password",
+    )
+
+
+def _launch(args: argparse.Namespace) -> Launch:
+    """The launcher flags over the experiment file's [launcher] table, validated together."""
+    from studylib.sweep.launchers import Launch  # start-up cost: see main
+
+    flags: dict = {}
+    for flag, field, _ in SLURM_FLAGS + RAY_FLAGS:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            engine = field.split(".")[0]
+            if engine != args.launcher:
+                raise ConfigError(f"{flag} is a --launcher {engine} option, not {args.launcher}")
+            flags[field] = value
+    if args.sbatch or args.setup:
+        if args.launcher != "slurm":
+            flag = "--sbatch" if args.sbatch else "--setup"
+            raise ConfigError(f"{flag} is a --launcher slurm option, not {args.launcher}")
+        if args.sbatch:
+            flags["slurm.sbatch"] = dict(parse_assignment(text) for text in args.sbatch)
+        if args.setup:
+            flags["slurm.setup"] = list(args.setup)
+    if args.launcher == "local" and (args.detach or args.dry_run):
+        flag = "--detach" if args.detach else "--dry-run"
+        raise ConfigError(
+            f"{flag} needs --launcher slurm or ray; on this machine run the sweep under nohup "
+            "or tmux"
+        )
+    if args.jobs is not None and args.workers != 1 and args.jobs != args.workers:
+        raise ConfigError(f"--jobs = {args.jobs} and --workers = {args.workers}: give one")
+    return Launch(
+        kind=args.launcher,
+        jobs=args.jobs if args.jobs is not None else args.workers,
+        config=load_launcher(args.experiment, flags),
+        detach=args.detach,
+        dry_run=args.dry_run,
+        one_machine=args.one_machine,
+        shared_folder=args.shared_folder,
+    )
 
 
 def _speed(args: argparse.Namespace) -> Speed:
@@ -314,9 +438,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tracking_retry_seconds=args.tracking_timeout,
         speed=_speed(args),
     )
+    launch = _launch(args)
     # Every member, every location, the device, data sizes, memory, --workers and
     # --population: all refused here, before any store is opened or file written.
-    check_sweep(experiments, settings, args.workers, args.population, source=args.experiment)
+    workers = launch.jobs if launch.kind == "local" else 1
+    check_sweep(experiments, settings, workers, args.population, source=args.experiment)
+    if launch.kind != "local":
+        return launch_sweeps(experiments, settings, launch, args)
     for exp in experiments:
         if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
             summary = run_sweep(
@@ -324,18 +452,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 settings,
                 trials=args.trials,
                 new_study=args.new_study,
-                workers=args.workers,
+                workers=launch.jobs,
                 population=args.population,
             )
-            print(
-                f"study {summary.study_name}: {summary.trials_done} trials "
-                f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
-                + (
-                    f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
-                    if summary.best_value is not None
-                    else "no trial completed"
-                )
-            )
+            print_summary(summary)
         if exp.ablation is not None:
             ablation = run_ablation(exp, settings)
             print(
@@ -355,6 +475,60 @@ def _with_flag(exp: Experiment, flag: str, given: object, values: dict) -> Exper
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "experiment"
         raise ConfigError(f"{flag} = {given}: {field}: {first['msg']}") from None
+
+
+def print_summary(summary) -> None:
+    print(
+        f"study {summary.study_name}: {summary.trials_done} trials "
+        f"({summary.trials_run} run now, {summary.seconds:.1f} s); "
+        + (
+            f"best trial {summary.best_trial}, val/loss {summary.best_value:.4f}"
+            if summary.best_value is not None
+            else "no trial completed"
+        )
+    )
+
+
+def launch_sweeps(
+    experiments: list, settings: Settings, launch: Launch, args: argparse.Namespace
+) -> int:
+    """`sweep --launcher slurm|ray`: each experiment's workers on the engine (launchers/)."""
+    from studylib.sweep.launchers import (  # start-up cost: see main
+        check_launch,
+        dry_run,
+        launch_sweep,
+        make_engine,
+    )
+
+    engines = []
+    for exp in experiments:  # every bad setting is refused before anything runs
+        check_launch(exp, settings, launch)
+        engines.append(make_engine(launch, exp))
+    for exp, engine in zip(experiments, engines, strict=True):
+        if launch.dry_run:
+            print(dry_run(exp, settings, launch, engine, args.trials, args.population))
+            continue
+        outcome = launch_sweep(
+            exp,
+            settings,
+            launch,
+            engine,
+            args.trials,
+            new_study=args.new_study,
+            population=args.population,
+        )
+        if outcome.detached is not None:
+            print(f"study {outcome.study_name}: submitted; watch: {outcome.detached}")
+        else:
+            print_summary(outcome)
+        if exp.ablation is not None:
+            print(
+                f"the [ablation] of {exp.name} runs its arms in one process: run it with "
+                f"`studylib sweep {args.experiment}` (--launcher local) once the sweep is done"
+            )
+    if not launch.dry_run:
+        print(f"MLflow: {redact(settings.tracking_uri)} (make ui); report: make report")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

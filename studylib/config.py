@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -594,10 +595,106 @@ class Settings:
     tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
 
 
+# ---------------------------------------------------------------------------------------------
+# [launcher]: where a sweep's workers run (sweep --launcher slurm|ray). Not the science: it is
+# read apart from the Experiment, so it is never stored with the study nor logged as a param,
+# and changing it never refuses a resume.
+
+
+class SlurmConfig(Frozen):
+    """`[launcher.slurm]`: one Slurm job array of `--jobs` tasks, one worker each (submitit)."""
+
+    partition: str | None = Field(None, min_length=1, description="sbatch --partition")
+    time: int = Field(60, ge=1, le=525_600, description="minutes per task (sbatch --time)")
+    cpus_per_task: int = Field(1, ge=1, le=1024, description="also the worker's torch threads")
+    gpus_per_task: int = Field(0, ge=0, le=64)
+    mem_gb: float | None = Field(None, gt=0, description="sbatch --mem; none: the default")
+    signal_delay: int = Field(
+        90, ge=0, description="seconds before the time limit SIGUSR2 arrives (sbatch --signal)"
+    )
+    max_requeues: int = Field(
+        3, ge=0, description="SIGUSR2 (time limit, preemption) requeues a task at most this often"
+    )
+    sbatch: dict[str, str | int | bool] = Field(
+        default_factory=dict, description='more sbatch options: {account = "x", qos = "y"}'
+    )
+    setup: tuple[str, ...] = Field(
+        (), description="shell lines run before each worker (module load ..., source venv)"
+    )
+    logs: str = Field(
+        "slurm-logs", min_length=1, description="folder of submitit's files and task logs"
+    )
+
+    @field_validator("sbatch")
+    @classmethod
+    def _option_names(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for key in options:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+                raise ValueError(f"{key!r} is not an sbatch option name (letters, digits, -, _)")
+        return options
+
+
+class RayConfig(Frozen):
+    """`[launcher.ray]`: `--jobs` Ray tasks, one worker each."""
+
+    address: str | None = Field(
+        None,
+        min_length=1,
+        description="auto, ray://HOST:10001 or HOST:PORT; none: start Ray on this machine",
+    )
+    num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per worker")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per worker; 0.5: two share one")
+    max_retries: int = Field(
+        3, ge=0, le=100, description="a worker whose process or node died is started again"
+    )
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="a Ray started here binds this address"
+    )
+    dashboard: bool = Field(False, description="a Ray started here also runs its dashboard")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"{value}: above 1, GPUs per worker must be a whole number")
+        return value
+
+
+class LauncherConfig(Frozen):
+    slurm: SlurmConfig = SlurmConfig()
+    ray: RayConfig = RayConfig()
+
+
+class LauncherFile(Frozen):
+    """What `load_launcher` validates: the file's `[launcher]` table, under its own name."""
+
+    launcher: LauncherConfig = LauncherConfig()
+
+
+def load_launcher(path: str | Path, flags: dict[str, Any] | None = None) -> LauncherConfig:
+    """`[launcher]` of an experiment (or group) file, with command-line values (dotted,
+    `"slurm.time"`) over it; every problem is one `ConfigError` line."""
+    path = Path(path)
+    raw = {"launcher": _read_toml(path).get("launcher", {})}
+    try:
+        LauncherFile.model_validate(raw)  # the file alone: its errors name the file
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path, exc, LauncherFile)) from None
+    for dotted, value in (flags or {}).items():
+        _set_dotted(raw, f"launcher.{dotted}", value)
+    try:
+        return LauncherFile.model_validate(raw).launcher
+    except ValidationError as exc:
+        raise ConfigError(
+            describe_validation_error(Path("command line"), exc, LauncherFile)
+        ) from None
+
+
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment file; every problem becomes one `ConfigError` line."""
     path = Path(path)
     raw = _read_toml(path)
+    raw.pop("launcher", None)  # where it runs, not the science: load_launcher reads it
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         try:
@@ -630,6 +727,7 @@ def load_experiments(path: str | Path, overrides: dict[str, Any] | None = None) 
     raw = _read_toml(path)
     if "members" not in raw:
         return [load_experiment(path, overrides)]
+    raw.pop("launcher", None)  # the group's own [launcher]: load_launcher reads it
     try:
         spec = GroupFile.model_validate(raw)
     except ValidationError as exc:
@@ -669,13 +767,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def describe_validation_error(path: Path, exc: ValidationError) -> str:
+def describe_validation_error(path: Path, exc: ValidationError, root: Any = None) -> str:
+    """One line for a validation error of `root` (default: Experiment) read from `path`."""
     errors = exc.errors()
     first = errors[0]
     field = _field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(first["loc"][:-1]))
+        allowed = ", ".join(_allowed_keys(first["loc"][:-1], root or Experiment))
         text = f"{path}: {field}: unknown key; allowed here: {allowed}"
     elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         key = "arch" if field == "model" else "type"
@@ -706,8 +805,8 @@ def _field_path(loc: tuple) -> str:
     return text.lstrip(".") or "(top)"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = Experiment
+def _allowed_keys(loc: tuple, root: Any) -> list[str]:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue  # an item of a list: its model is named by the union tag that follows

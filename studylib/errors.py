@@ -45,26 +45,59 @@ def disk_full(exc: BaseException | None) -> BaseException | None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the current trial is closed in Optuna and MLflow, then the sweep stops."""
+    """SIGINT or SIGTERM (or a launcher's SIGUSR2): the current trial is closed in Optuna and
+    MLflow, then the sweep stops."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+# Signals caught by stop_on_signals(at_safe_points=True), raised by the next `checkpoint()`.
+_pending: list[int] = []
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into `Interrupted` (signals reach the main thread only)."""
+def stop_on_signals(also: tuple[int, ...] = (), *, at_safe_points: bool = False) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM, and the signals in `also`, into `Interrupted` (signals reach
+    the main thread only). A Slurm worker adds SIGUSR2: the warning before its time limit or a
+    preemption (launchers/slurm.py).
+
+    `at_safe_points`: the signal is only noted, and `checkpoint()` raises it where nothing is
+    half-written (between epochs, before a claim). Raised at once it can land inside a
+    database commit, which then fails as a storage error instead of an interruption (seen with
+    PostgreSQL: `scancel` mid-report gave "StorageInternalError ... during the commit" and a
+    trial marked crashed). Sweeps and launched workers use it; a second signal before the next
+    safe point raises at once (a process stuck where no safe point comes still stops)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
-        raise Interrupted(signum)
+        if at_safe_points and not _pending:
+            _pending.append(signum)
+        else:
+            raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, *also)
+    _pending.clear()
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    checkpoint()  # a signal noted after the last safe point is not forgotten on the way out
+
+
+def checkpoint() -> None:
+    """A safe point: raise `Interrupted` for a signal noted by stop_on_signals(at_safe_points)."""
+    if _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise Interrupted(signum)
+
+
+def pending_signal() -> int | None:
+    """The signal noted and not yet raised, if any."""
+    return _pending[0] if _pending else None

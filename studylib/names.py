@@ -20,6 +20,7 @@ BASELINE_TAG = "studylib.baseline"  # "true" on the unregularized baseline trial
 RETRY_OF_TAG = "studylib.retry_of"  # the trial number a retried trial runs again
 BEST_TRIAL_TAG = "studylib.best_trial"  # on a sweep's parent run
 STORAGE_TAG = "studylib.storage"  # the Optuna storage a sweep used (password masked)
+LAUNCHER_TAG = "studylib.launcher"  # on a launched sweep's parent run: "slurm job 12 (4 tasks)"
 ARM_TAG = "studylib.arm"
 SEED_TAG = "studylib.ablation_seed"
 KEY_TAG = "studylib.ablation_key"  # the design an ablation run belongs to
@@ -35,7 +36,9 @@ COMPILE_TAG = "studylib.compile"
 RELOGGED_TAG = "studylib.relogged_from"
 
 # Optuna trial and study user attributes
-OWNER_ATTR = "studylib.worker"  # {"host", "boot", "pid", "started"} of the worker running it
+# {"host", "boot", "pid", "started"} of the worker running a trial or a sweep; a launched
+# sweep's parent run is owned by its job instead: {"engine", "job", "where"} (sweep/owners.py)
+OWNER_ATTR = "studylib.worker"
 FAILURE_ATTR = "studylib.failure"  # why a trial FAILed: killed, interrupted, tracking, diverged
 REASON_ATTR = "studylib.reason"
 RUN_ID_ATTR = "mlflow_run_id"

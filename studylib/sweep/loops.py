@@ -17,7 +17,7 @@ import optuna
 from studylib.config import Experiment, Settings
 from studylib.console import Progress
 from studylib.data import Splits, load_splits
-from studylib.errors import ConfigError, disk_full
+from studylib.errors import ConfigError, checkpoint, disk_full
 from studylib.locks import exclusive
 from studylib.names import RUN_ID_ATTR
 from studylib.sweep.claim import (
@@ -76,6 +76,19 @@ def open_share(
     parent_id: str | None = None,
 ) -> Share:
     """Open the study, its data and its MLflow experiment, as every process of a sweep does."""
+    exp, study, storage, tracker = open_records(exp, settings, new_study=new_study)
+    device = resolve_device(settings.device)
+    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
+    return Share(
+        exp, settings, study, storage, tracker, splits, total, progress, Tally(), parent_id
+    )
+
+
+def open_records(
+    exp: Experiment, settings: Settings, *, new_study: bool = False
+) -> tuple[Experiment, optuna.Study, optuna.storages.BaseStorage, Tracker]:
+    """The study (created or resumed; `exp` renamed if --new-study chose another) and its
+    MLflow experiment, without the data: what a launcher that trains nothing itself opens."""
     # Optuna creates its tables in a fresh database without a lock; workers doing so at once
     # on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
     with exclusive(settings.storage, "optuna-init"):
@@ -83,12 +96,7 @@ def open_share(
     study = open_study(exp, settings, storage, new_study=new_study)
     if study.study_name != exp.name:
         exp = exp.with_values({"name": study.study_name})
-    device = resolve_device(settings.device)
-    splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
-    tracker = open_tracker(exp, settings)
-    return Share(
-        exp, settings, study, storage, tracker, splits, total, progress, Tally(), parent_id
-    )
+    return exp, study, storage, open_tracker(exp, settings)
 
 
 def trial_loop(
@@ -98,6 +106,7 @@ def trial_loop(
     the study holds its total. `should_stop`: checked before each claim (a worker beside this
     one failed, or every trial is claimed)."""
     while not should_stop():
+        checkpoint()  # a stop signal noted since the last safe point, raised before a claim
         s = share
         claim = claim_trials(s.study, s.storage, s.exp, s.settings, s.tracker, s.total, population)
         s.progress.sync(min(counted_trials(s.study), s.total))

@@ -47,6 +47,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from studylib.config import Experiment
+from studylib.console import say
 from studylib.names import (
     ARCH_TAG,
     BASELINE_ATTR,
@@ -64,10 +65,11 @@ from studylib.names import (
     STUDY_TAG,
     TRIAL_TAG,
 )
+from studylib.sweep.owners import JobOwner
 from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
 from studylib.sweep.trial import TrialPlan, trial_plan
-from studylib.tracking import Tracker, group_tags
+from studylib.tracking import Tracker, TrackingUnavailable, group_tags
 
 # Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
 RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
@@ -152,7 +154,7 @@ def recover(
     dead: set[Worker] = set()
     notes = fail_dead_trials(study, storage, tracker, heartbeat, dead)
     if dead:
-        notes += close_dead_sweeps(tracker, dead)
+        notes += close_dead_sweeps(tracker, dead, ask_engines=False)
     return notes + queue_retries(study)
 
 
@@ -254,16 +256,28 @@ def queue_retries(study: optuna.Study) -> list[str]:
 
 
 def close_dead_sweeps(
-    tracker: Tracker, dead: set[Worker] | frozenset[Worker] = frozenset()
+    tracker: Tracker,
+    dead: set[Worker] | frozenset[Worker] = frozenset(),
+    ask_engines: bool = True,
 ) -> list[str]:
-    """Open parent runs of sweeps whose owner is a process found dead (`dead`, by the heartbeat
-    or here) or gone from this machine: closed as KILLED. A parent owned by anything but a
-    process (a launcher's job) is left to its launcher."""
+    """Open parent runs of sweeps whose owner is dead: a process found dead (`dead`, by the
+    heartbeat or here) or gone from this machine, or a Slurm or Ray job its engine says has
+    ended (owners.py; only with `ask_engines`: asking squeue or Ray takes seconds, too long
+    under the study's lock). Closed as KILLED; a job the engine cannot be asked about is left
+    alone."""
     notes = []
     for run in tracker.open_runs("sweep"):
-        owner = Worker.from_attr(_json(run.data.tags.get(OWNER_ATTR)))
+        attr = _json(run.data.tags.get(OWNER_ATTR))
+        job = JobOwner.from_attr(attr)
+        if job is not None:
+            if ask_engines and job.state() == "gone":
+                reason = f"its {job.describe()} has ended"
+                if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
+                    notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+            continue
+        owner = Worker.from_attr(attr)
         if owner is None:
-            continue  # no process owns it: a job, or a run of an older studylib
+            continue  # no process owns it: a run of an older studylib
         if owner.on_this_machine() and owner.is_gone():
             reason = f"its worker ({owner.describe()}) is gone"
         elif owner in dead:
@@ -399,3 +413,20 @@ def _ending(trial: FrozenTrial, exp: Experiment) -> tuple[str, str, str]:
     if failure in ("killed", "interrupted"):
         return "killed", "KILLED", f"{reason}; {note}"
     return "crashed", "FAILED", f"{reason}; {note}"
+
+
+def relog(study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str) -> None:
+    """Finished trials without an MLflow record get one from what Optuna holds, under this
+    sweep's parent run; if that fails too, the error names them."""
+    try:
+        relogged = relog_missing(study, tracker, exp, parent_id)
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(
+            f"{exc}; finished trials lacking an MLflow record stay without one (sweep again "
+            "with the tracking store back to re-log them from Optuna)"
+        ) from None
+    if relogged:
+        say(
+            f"trials {', '.join(map(str, relogged))} had no MLflow run: re-logged from Optuna "
+            "(parameters, validation curve, value and kept results; no train curves or weights)"
+        )

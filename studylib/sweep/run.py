@@ -36,13 +36,11 @@ from studylib.names import (
 from studylib.redact import redact
 from studylib.sweep.loops import open_share, trial_loop
 from studylib.sweep.preflight import check_sweep
-from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps, relog_missing
+from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps, relog
 from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
 from studylib.sweep.workers import run_workers
 from studylib.tracking import (
-    Tracker,
-    TrackingUnavailable,
     environment_tags,
     group_tags,
     open_tracker,
@@ -79,7 +77,7 @@ def run_sweep(
     check_sweep([exp], settings, workers, population)  # nothing is opened before it passes
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = trials if trials is not None else exp.sweep.trials
-    with stop_on_signals():
+    with stop_on_signals(at_safe_points=True):
         progress = Progress(total, 0, settings.progress)
         share = open_share(exp, settings, total, progress, new_study=new_study)
         exp, study, tracker = share.exp, share.study, share.tracker
@@ -148,26 +146,9 @@ def run_sweep(
     return summary
 
 
-def relog(study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str) -> None:
-    """Finished trials without an MLflow record get one from what Optuna holds, under this
-    sweep's parent run; if that fails too, the error names them."""
-    try:
-        relogged = relog_missing(study, tracker, exp, parent_id)
-    except TrackingUnavailable as exc:
-        raise TrackingUnavailable(
-            f"{exc}; finished trials lacking an MLflow record stay without one (sweep again "
-            "with the tracking store back to re-log them from Optuna)"
-        ) from None
-    if relogged:
-        say(
-            f"trials {', '.join(map(str, relogged))} had no MLflow run: re-logged from Optuna "
-            "(parameters, validation curve, value and kept results; no train curves or weights)"
-        )
-
-
 def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
     """`studylib train`: one run with the experiment's fixed values, logged like a trial."""
-    with stop_on_signals():
+    with stop_on_signals(at_safe_points=True):
         device = resolve_device(settings.device)
         splits = load_splits(exp.data, exp.seed, settings.cache_dir).to(device)
         tracker = open_tracker(exp, settings)

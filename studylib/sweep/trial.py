@@ -18,6 +18,7 @@ from optuna.trial import BaseTrial
 from studylib.config import DEFAULT_SPEED, Experiment, Speed, all_regularizers_off
 from studylib.console import Progress
 from studylib.data import Splits
+from studylib.errors import checkpoint
 from studylib.models import build_model
 from studylib.names import (
     BASELINE_ATTR,
@@ -87,6 +88,7 @@ def trial_epoch_callback(
     """Once per epoch: queue the metrics for MLflow, show progress, let Optuna prune."""
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        checkpoint()  # a stop signal noted during the epoch, raised between epochs
         run.log_epoch(epoch, metrics)
         if progress is not None:
             progress.epoch(epoch, exp.train.max_epochs)

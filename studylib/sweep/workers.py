@@ -38,7 +38,7 @@ import torch
 
 from studylib.config import Experiment, Settings
 from studylib.console import Progress, say
-from studylib.errors import ConfigError, Incomplete, stop_on_signals
+from studylib.errors import ConfigError, Incomplete, checkpoint, stop_on_signals
 from studylib.locations import Location
 from studylib.sweep.loops import Share, open_share, trial_loop
 from studylib.sweep.study import counted_trials
@@ -126,6 +126,7 @@ def run_workers(share: Share, workers: int, population: int = 1) -> None:
         while any(process.is_alive() for process in processes):
             progress.sync(min(counted_trials(study), total))
             time.sleep(POLL_SECONDS)
+            checkpoint()  # Ctrl-C while the others finish: stop them too
     except BaseException:  # a crash here, or Ctrl-C (which reaches the workers too)
         stop.set()  # the others close the trial they are on and take no new one
         starter.join()
@@ -198,7 +199,7 @@ def work(
     with contextlib.suppress(RuntimeError):  # refused once inter-op work has started
         torch.set_num_interop_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with stop_on_signals():
+    with stop_on_signals(at_safe_points=True):
         share = None
         try:
             share = open_share(
