@@ -607,7 +607,7 @@ class SlurmConfig(Frozen):
     partition: str | None = Field(None, min_length=1, description="sbatch --partition")
     time: int = Field(60, ge=1, le=525_600, description="minutes per task (sbatch --time)")
     cpus_per_task: int = Field(1, ge=1, le=1024, description="also the worker's torch threads")
-    gpus_per_task: int = Field(0, ge=0, le=64)
+    gpus_per_task: int = Field(0, ge=0, le=64, description="sbatch --gpus-per-task; 0: none")
     mem_gb: float | None = Field(None, gt=0, description="sbatch --mem; none: the default")
     signal_delay: int = Field(
         90, ge=0, description="seconds before the time limit SIGUSR2 arrives (sbatch --signal)"
