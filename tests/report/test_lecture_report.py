@@ -51,5 +51,5 @@ def test_new_designs_run_and_report_their_verdicts(settings, tmp_path):
     assert "The generalization gap shrinks as the training set grows" in group
     for page in (memorization, ensemble, group):
         # Two seeds each: every verdict is computed, none is missing for want of runs.
-        section = page.split("Design: 2 evaluation seeds")[1]
+        section = page.split("Design: 2 evaluation seeds, paired by seed")[1]
         assert "not measured" not in section.split("\n## ")[0]
