@@ -90,6 +90,11 @@ class DataConfig(Frozen):
     label_noise: float = Field(
         0.0, ge=0, lt=1, description="fraction of training labels replaced by a wrong class"
     )
+    random_labels: bool = Field(
+        False,
+        description="every training label drawn uniformly over the classes, independent of "
+        "the example (Zhang et al. 2017; may equal the true class, unlike label_noise)",
+    )
     languages: tuple[str, ...] = Field(
         DEFAULT_LANGUAGES, description="text: wordfreq language codes; words: one class each"
     )
@@ -136,6 +141,12 @@ class DataConfig(Frozen):
                     f"data.{name} = {value!r} applies to {' and '.join(users)} only, not "
                     f"{self.name}: leave it out (default {default!r})"
                 )
+        if self.random_labels and (self.is_text or self.label_noise):
+            raise ValueError(
+                f"data.random_labels with data.name = {self.name!r} and label_noise = "
+                f"{self.label_noise}: allowed with mnist1d or digits and label_noise = 0 "
+                "(random labels replace every training label)"
+            )
         if self.name == "words" and len(self.languages) < 2:
             raise ValueError(f"data.languages = {list(self.languages)}: words needs 2 or more")
         if self.name == "spelling" and self.tokenizer != "char":
@@ -204,6 +215,13 @@ class TrainConfig(Frozen):
     )
     grad_norms: bool = Field(
         False, description="log grad_norm/<layer>: each layer's gradient norm, epoch mean"
+    )
+    mc_passes: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="also score test with the mean of this many dropout passes (MC dropout) "
+        "and log calibration (ECE); 0: off",
     )
 
     @model_validator(mode="after")

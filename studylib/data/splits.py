@@ -2,8 +2,8 @@
 
 Discipline: validation is carved from the training pool with the run's seed and drives early
 stopping and Optuna; the test split is scored once per run, on the selected checkpoint. The
-overfitting knobs (fewer training examples, label noise) touch only the training split, so
-validation and test stay clean measures of generalization.
+overfitting knobs (fewer training examples, label noise, random labels) touch only the training
+split, so validation and test stay clean measures of generalization.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def split_pool(arrays: dict[str, np.ndarray], cfg: DataConfig, seed: int) -> Spl
     # Independent streams, so changing the noise level never changes which examples are val.
     split_rng = np.random.default_rng([seed, 0])
     noise_rng = np.random.default_rng([seed, 1])
+    random_rng = np.random.default_rng([seed, 2])
 
     order = split_rng.permutation(len(y))
     num_val, _ = check_carve(cfg, len(y), "examples")
@@ -83,6 +84,11 @@ def split_pool(arrays: dict[str, np.ndarray], cfg: DataConfig, seed: int) -> Spl
         noisy = noise_rng.choice(len(y_train), size=num_noisy, replace=False)
         shift = noise_rng.integers(1, NUM_CLASSES, size=num_noisy)  # never the true class
         y_train[noisy] = (y_train[noisy] + shift) % NUM_CLASSES
+    if cfg.random_labels:
+        # Uniform over all classes, the true one included, and independent of the example:
+        # label_noise near 1 is not this (it never keeps the true class, so its labels are
+        # anti-correlated with the truth and still carry information).
+        y_train = random_rng.integers(0, NUM_CLASSES, size=len(y_train))
 
     return Splits(
         x_train=torch.from_numpy(x[train_idx]),

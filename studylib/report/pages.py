@@ -29,7 +29,7 @@ from studylib.errors import ConfigError
 from studylib.locations import Location
 from studylib.names import GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
-from studylib.report import figures
+from studylib.report import figures, lecture
 from studylib.report.claims import (
     ACCURACY,
     FAMILIES,
@@ -196,6 +196,7 @@ def write_report(
     claims = claims_section(groups, results, gradients, grad_curves, curves, design_notes)
     if claims is not None:
         sections.append(claims)
+    sections += lecture_sections(finished, tracking_uri, folder)
     if len(groups) > 1:
         sections.append(families_section(groups, curves, folder))
     oov = oov_section(tracking_uri, experiments, folder)
@@ -420,6 +421,109 @@ def claims_section(
         "verdict stays inconclusive. d_z = mean paired difference / its standard deviation."
     )
     return Section("Claims of the lecture notes, checked", [intro, *blocks])
+
+
+def lecture_sections(finished: pd.DataFrame, tracking_uri: str, folder: Path) -> list[Section]:
+    """Memorization, L2 against decay under Adam, dropout as an ensemble (per study) and
+    overfitting against data and noise (per study group), wherever the runs hold such a
+    design (lecture.py recognises each by its params): the design's power, the claims in the
+    verdicts form, and each experiment's own table and figure."""
+    arms = finished[finished["role"] == "arm"] if not finished.empty else finished
+    sections: list[Section] = []
+    if arms.empty:
+        return sections
+
+    def claims_block(results, where: str, caption: str) -> list[Block]:
+        table = _claims_table(claims_frame(results), where, "", "measure", "", family=True)
+        n = max((r.main.test.n for r in results if r.main.test is not None), default=0)
+        return [
+            Block(text=f"{where}: {lecture.family_power(results, n)}"),
+            Block(caption=caption, table=table.drop(columns=["arch"])),
+        ]
+
+    verdicts = (
+        "Each row: a two-sided paired t-test by seed, Holm-adjusted within the family "
+        "declared in studylib/report/lecture.py; the interval is the unadjusted 95% "
+        "t-interval; 'tested against' is the t-test's null (0, or a margin declared in "
+        "advance)."
+    )
+    for (experiment, arch), group in arms.groupby(["experiment", "arch"], sort=True):
+        where = f"{experiment} / {arch}"
+        results = lecture.memorization_claims(group)
+        if results:
+            ids = lecture.memorization_runs(group)["run_id"]
+            curves = load_curves(ids, keys=("train/acc",), tracking_uri=tracking_uri)
+            png = f"{experiment}-{arch}-memorization.png"
+            blocks = claims_block(
+                results,
+                where,
+                "Memorization (Zhang et al. 2017): uniformly random training labels; does each "
+                "arm still fit them? " + verdicts,
+            )
+            blocks.append(
+                Block(
+                    caption="Per arm: epochs to fit (the first epoch with train accuracy "
+                    f"{lecture.FIT_ACC} or more, over the seeds that reached it), final train "
+                    "and test accuracy; mean and 95% t-interval over seeds.",
+                    table=lecture.memorization_table(group, curves),
+                )
+            )
+            blocks.append(Block(lecture.memorization_figure(group, curves, folder / png), png=png))
+            sections.append(Section(f"{where}: memorization of random labels", blocks))
+        results = lecture.l2_decay_claims(group)
+        if results:
+            sections.append(
+                Section(
+                    f"{where}: the L2 penalty against weight decay under Adam",
+                    claims_block(
+                        results,
+                        where,
+                        "Under plain SGD the two take identical steps at weight_decay = 2 l2 "
+                        "(a unit test); under Adam (Loshchilov and Hutter) they should not. "
+                        + verdicts,
+                    ),
+                )
+            )
+        results = lecture.ensemble_claims(group)
+        if results:
+            sections.append(
+                Section(
+                    f"{where}: dropout as an ensemble",
+                    claims_block(
+                        results,
+                        where,
+                        "MC dropout (the mean softmax of many stochastic passes of the kept "
+                        "weights) against the single deterministic pass, the same run on both "
+                        "sides, paired by seed. ECE: 15 equal-width confidence bins. " + verdicts,
+                    ),
+                )
+            )
+    group_column = f"tag:{GROUP_TAG}"
+    if group_column in arms:
+        for (name, arch), group in arms.groupby([group_column, "arch"], sort=True):
+            results = lecture.data_noise_claims(group)
+            if not results:
+                continue
+            where = f"group {name} / {arch}"
+            png = f"{name}-{arch}-data-noise.png"
+            blocks = claims_block(
+                results,
+                where,
+                "Overfitting against data and noise: the claims, declared before the runs. "
+                + verdicts,
+            )
+            blocks.append(
+                Block(
+                    caption="Per cell: the baseline's gap (train minus validation, kept "
+                    "weights) and test accuracy, and per arm its benefit (test accuracy minus "
+                    "the baseline's, same seed) and its strength tuned in that cell; mean and "
+                    "95% t-interval over seeds.",
+                    table=lecture.data_noise_table(group),
+                )
+            )
+            blocks.append(Block(lecture.data_noise_figure(group, folder / png), png=png))
+            sections.append(Section(f"{where}: overfitting against data and noise", blocks))
+    return sections
 
 
 def _difference(row, prefix: str) -> str:

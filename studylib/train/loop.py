@@ -42,6 +42,7 @@ from torch import nn
 
 from studylib.config import DEFAULT_SPEED, Speed, TrainConfig
 from studylib.data import Splits
+from studylib.train.calibration import mc_dropout_figures
 from studylib.train.device import autocast_context
 from studylib.train.gradients import GradNorms
 from studylib.train.regularizers import (
@@ -374,6 +375,9 @@ def fit(
     # The kept weights, scored once on test (with a test curve: the buffer, read only now).
     with autocast:
         closing = closing_figures(forward, weights, splits)
+        if cfg.mc_passes and splits.task == "classify":  # the ensemble view of dropout
+            mc = mc_dropout_figures(forward, splits.x_test, splits.y_test, cfg.mc_passes)
+            closing.update({k: float(v) for k, v in mc.items()})
     result = book.result(ending, closing)
     if tests is not None:
         result.test_curve = tests.read(len(book.history))

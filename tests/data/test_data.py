@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from studylib.config import DataConfig
 from studylib.data import load_splits
@@ -130,3 +131,52 @@ def test_declared_input_shape_is_what_loading_gives(cfg, data_cache):
     # Models are checked against `input_shape` at load time, before any data exists.
     DataConfig.model_validate(cfg.model_dump())
     assert load_splits(cfg, seed=0, cache_dir=data_cache).input_shape == cfg.input_shape
+
+
+# Issue 15: random labels (Zhang et al. 2017), not label noise at 1
+
+
+def test_random_labels_are_uniform_and_independent_of_the_truth(data_cache):
+    big = DataConfig(num_train=4000, num_test=200, val_fraction=0.2)
+    clean = load_splits(big, seed=0, cache_dir=data_cache)
+    shuffled = load_splits(big.model_copy(update={"random_labels": True}), 0, data_cache)
+    counts = np.bincount(shuffled.y_train.numpy(), minlength=10)
+    # 3,200 draws over 10 classes: each count is 320 +/- 17 (binomial sd); a chi-square test of
+    # uniformity with 9 degrees of freedom keeps p well above 0.001.
+    assert chisquare(counts).pvalue > 1e-3
+    # Independent of the example: the true class comes back about 1 time in 10 (label_noise
+    # never gives it back, so its labels would agree 0 times in 10).
+    agree = float((shuffled.y_train == clean.y_train).float().mean())
+    assert 0.08 < agree < 0.12
+    # Validation and test keep their true labels; the training examples are the same ones.
+    assert torch.equal(shuffled.x_train, clean.x_train)
+    assert torch.equal(shuffled.y_val, clean.y_val) and torch.equal(shuffled.y_test, clean.y_test)
+    # Seeded, and a stream apart from the split's: seed 0 again gives the same labels.
+    again = load_splits(big.model_copy(update={"random_labels": True}), 0, data_cache)
+    assert torch.equal(again.y_train, shuffled.y_train)
+
+
+def test_a_net_fitted_to_random_labels_scores_chance_on_test(data_cache):
+    """True by construction (labels independent of the inputs), checked on the real pipeline:
+    an MLP that memorizes random labels scores test accuracy within chance's binomial band."""
+    from studylib.config import TrainConfig
+    from studylib.models import build_model
+    from studylib.models.mlp import MLPConfig
+    from studylib.train import fit
+
+    cfg = DataConfig(num_train=1200, num_test=1000, val_fraction=0.25, random_labels=True)
+    splits = load_splits(cfg, seed=0, cache_dir=data_cache)
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(hidden=(128,)), (40,), 10)
+    train = TrainConfig(lr=3e-3, max_epochs=60, early_stopping=False)
+    result = fit(model, splits, train, seed=0)
+    assert result.history[-1]["train/acc"] > 0.6  # it memorizes a good part of the noise
+    # 1,000 test examples at p = 0.1: sd 0.0095, so [0.06, 0.14] is over four sd each side.
+    assert 0.06 < result.final["test_acc"] < 0.14
+
+
+def test_random_labels_refuse_label_noise_and_text():
+    with pytest.raises(ValueError, match="random_labels"):
+        DataConfig(random_labels=True, label_noise=0.2)
+    with pytest.raises(ValueError, match="random_labels"):
+        DataConfig(name="words", random_labels=True)

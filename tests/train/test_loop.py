@@ -544,3 +544,49 @@ def test_test_curve_is_opt_in_and_never_seen_during_training(splits):
         }
     kept = curved.test_curve[curved.selected_epoch - 1]
     assert kept["test/acc"] == pytest.approx(curved.final["test_acc"])
+
+
+# Issue 15: the L2 penalty and decoupled decay take the same steps under plain SGD
+
+
+def float64_run(splits: Splits, **train) -> list[list[torch.Tensor]]:
+    """Every parameter after each epoch of `fit`, in float64, for a tiny MLP."""
+    wide = Splits(
+        **{
+            **splits.__dict__,
+            **{k: getattr(splits, k).double() for k in ("x_train", "x_val", "x_test")},
+        }
+    )
+    model = mlp().double()
+    snapshots: list[list[torch.Tensor]] = []
+
+    def keep(epoch, metrics):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+
+    cfg = TrainConfig(
+        optimizer="sgd", lr=0.05, batch_size=10, max_epochs=10, early_stopping=False, **train
+    )
+    fit(model, wide, cfg, seed=0, on_epoch=keep)
+    return snapshots
+
+
+def test_l2_penalty_equals_decay_of_twice_its_strength_under_plain_sgd(splits):
+    """w - lr (g + 2 l2 w) = (1 - lr wd) w - lr g when wd = 2 l2: the same step, in exact
+    arithmetic, under SGD with momentum 0 and no clipping. 300 examples in batches of 10 for 10
+    epochs: 300 steps through `fit` itself, compared after every epoch in float64, where the
+    two orders of operations round apart by about 1e-16 per step."""
+    penalized = float64_run(splits, momentum=0.0, l2=0.01)
+    decayed = float64_run(splits, momentum=0.0, weight_decay=0.02)
+    plain = float64_run(splits, momentum=0.0)
+    assert len(penalized) == len(decayed) == 10
+    for epoch, (a, b, c) in enumerate(zip(penalized, decayed, plain, strict=True), start=1):
+        for x, y, z in zip(a, b, c, strict=True):
+            assert x.dtype == torch.float64
+            assert torch.allclose(x, y, rtol=0, atol=1e-12), epoch
+            if x.ndim >= 2:  # the regularizer did act on the weight matrices
+                assert (x - z).abs().max() > 1e-4, epoch
+    # With momentum the penalty's gradient enters the velocity and the decay does not: the
+    # equality is plain SGD's only.
+    heavy = float64_run(splits, momentum=0.9, l2=0.01)
+    light = float64_run(splits, momentum=0.9, weight_decay=0.02)
+    assert (heavy[-1][0] - light[-1][0]).abs().max() > 1e-4
