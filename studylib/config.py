@@ -369,6 +369,11 @@ class AblationConfig(Frozen):
     tune_trials: int = Field(
         8, ge=1, le=MAX_TRIALS, description="Optuna trials per arm that needs tuning"
     )
+    tune_budget: Literal["per_knob", "per_arm"] = Field(
+        "per_knob",
+        description="per_knob: an arm gets tune_trials for each knob it tunes (all: four); "
+        "per_arm: every arm that tunes gets tune_trials, whatever it tunes (the same budget)",
+    )
     tuning_seed: int | None = Field(
         None,
         ge=0,
