@@ -116,7 +116,7 @@ def clipping(runs: pd.DataFrame, curves: pd.DataFrame, group: str, path: Path) -
             )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("global gradient norm (before clipping), epoch mean")
+    ax.set_ylabel("global grad norm, before clipping")
     ax.legend(fontsize=8)
     _save(fig, path)
     return (
