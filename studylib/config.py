@@ -514,6 +514,8 @@ class Experiment(Frozen):
         if self.data.val_fraction:
             return self
         selects = []
+        if self.data.is_text:  # its data figures (OOV, tokens per word) read the validation words
+            selects.append(f"data.name = {self.data.name!r}")
         if self.train.early_stopping:
             selects.append("train.early_stopping = true")
         if self.sweep.trials:
@@ -526,7 +528,8 @@ class Experiment(Frozen):
             raise ValueError(
                 f"data.val_fraction = 0 with {', '.join(selects)}: these select on a validation "
                 "split that is empty; allowed: val_fraction > 0, or a run that selects nothing "
-                "(train.early_stopping = false, sweep.trials = 0, ablation arms ['baseline'])"
+                "(train.early_stopping = false, sweep.trials = 0, ablation arms ['baseline']) "
+                "on mnist1d or digits"
             )
         return self
 

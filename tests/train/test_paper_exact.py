@@ -53,6 +53,10 @@ def test_batches_in_order_do_not_depend_on_the_order_seed(data_cache, shuffle):
             '"l2"]\n[ablation.strength]\nl2 = 0.001\n',
             "ablation.arms",
         ),
+        (
+            "[train]\nearly_stopping = false\n[sweep]\ntrials = 0\n",
+            "data.name = 'words'",
+        ),
     ],
 )
 def test_selection_without_validation_is_one_line_exit_2(
@@ -60,7 +64,10 @@ def test_selection_without_validation_is_one_line_exit_2(
 ):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "p.toml"
-    path.write_text(f'name = "p"\n[data]\nval_fraction = 0.0\n{body}')
+    words = "words" in named
+    data = '[data]\nname = "words"\n' if words else "[data]\n"
+    model = '[model]\narch = "textcnn"\n' if words else ""
+    path.write_text(f'name = "p"\n{data}val_fraction = 0.0\n{model}{body}')
     before = set(os.listdir(tmp_path))
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
