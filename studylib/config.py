@@ -83,7 +83,13 @@ class DataConfig(Frozen):
         json_schema_extra={"why": SEED_WHY},
     )
     shuffle_seq: bool = Field(False, description="permute the time axis (the paper's control)")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of train carved out for val")
+    val_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="share of train carved out for val; 0 only for runs that select nothing "
+        "(no early stopping, no search, no tuned arm: the MNIST-1D paper's exact setting)",
+    )
     train_examples: int | None = Field(
         None, ge=1, description="keep only this many training examples (provokes overfitting)"
     )
@@ -222,6 +228,16 @@ class TrainConfig(Frozen):
         le=10_000,
         description="also score test with the mean of this many dropout passes (MC dropout) "
         "and log calibration (ECE); 0: off",
+    )
+    shuffle: bool = Field(
+        True,
+        description="batches from a fresh permutation each epoch; false: in order every epoch "
+        "(the MNIST-1D paper's batch order)",
+    )
+    state_grads: bool = Field(
+        False,
+        description="rnn, one direction: log ||dL/dh_t|| per step on a fixed batch of 100 "
+        "training examples, before training and for the kept weights",
     )
 
     @model_validator(mode="after")
@@ -371,6 +387,11 @@ class AblationConfig(Frozen):
     tune_trials: int = Field(
         8, ge=1, le=MAX_TRIALS, description="Optuna trials per arm that needs tuning"
     )
+    tune_budget: Literal["per_knob", "per_arm"] = Field(
+        "per_knob",
+        description="per_knob: an arm gets tune_trials for each knob it tunes (all: four); "
+        "per_arm: every arm that tunes gets tune_trials, whatever it tunes (the same budget)",
+    )
     tuning_seed: int | None = Field(
         None,
         ge=0,
@@ -503,6 +524,45 @@ class Experiment(Frozen):
                 f"{label} = {value!r}: {target} does not accept it ({problem}); a range or "
                 f"strength may only take values its field accepts"
             )
+
+    @model_validator(mode="after")
+    def _selection_needs_validation(self) -> Experiment:
+        """val_fraction = 0 leaves nothing to select on: no early stopping, no search, no arm
+        that tunes or stops early."""
+        if self.data.val_fraction:
+            return self
+        selects = []
+        if self.data.is_text:  # its data figures (OOV, tokens per word) read the validation words
+            selects.append(f"data.name = {self.data.name!r}")
+        if self.train.early_stopping:
+            selects.append("train.early_stopping = true")
+        if self.sweep.trials:
+            selects.append(f"sweep.trials = {self.sweep.trials}")
+        if self.ablation is not None and (set(self.ablation.arms) - {"baseline"}):
+            selects.append(f"ablation.arms = {list(self.ablation.arms)}")
+        if self.ablation is not None and self.ablation.nuisance:
+            selects.append("ablation.nuisance (tuned on validation)")
+        if selects:
+            raise ValueError(
+                f"data.val_fraction = 0 with {', '.join(selects)}: these select on a validation "
+                "split that is empty; allowed: val_fraction > 0, or a run that selects nothing "
+                "(train.early_stopping = false, sweep.trials = 0, ablation arms ['baseline']) "
+                "on mnist1d or digits"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _state_grads_need_steps(self) -> Experiment:
+        model = self.model
+        if self.train.state_grads and (
+            model.arch != "rnn" or model.bidirectional or self.data.is_text
+        ):
+            raise ValueError(
+                "train.state_grads = true: the gradient at each step's state needs a "
+                "one-directional rnn reading numbers; allowed: model.arch = 'rnn' with "
+                "bidirectional = false on mnist1d or digits"
+            )
+        return self
 
     @model_validator(mode="after")
     def _model_reads_data(self) -> Experiment:

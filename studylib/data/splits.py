@@ -50,7 +50,9 @@ def check_carve(cfg: DataConfig, pool: int, unit: str) -> tuple[int, int]:
     remain. Computable from the config alone, so it is checked before anything is written."""
     num_val = round(cfg.val_fraction * pool)
     left = pool - num_val
-    if num_val < 1 or left < 1:
+    # val_fraction = 0 is asked for (a run that selects nothing, config.py checks that); a
+    # share that rounds to 0 is not.
+    if (num_val < 1 and cfg.val_fraction) or left < 1:
         raise ConfigError(
             f"data.val_fraction = {cfg.val_fraction}: a pool of {pool} {unit} gives {num_val} "
             f"for validation and {left} for training; allowed: a share leaving at least one of each"

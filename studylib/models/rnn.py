@@ -126,7 +126,13 @@ class RNN(nn.Module):
             states, _ = pad_packed_sequence(states, batch_first=True, total_length=steps)
         if isinstance(last, tuple):
             last = last[0]  # LSTM: (h_n, c_n); the classifier reads h
+        return self._classify(states, last, mask)
 
+    def _classify(
+        self, states: torch.Tensor, last: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits from the top layer's states (B, T, dirs * H) and final states
+        (layers * dirs, B, H), by the configured readout."""
         if self.readout == "last":
             # Top layer's final states of both directions: h = [h_fwd_T; h_bwd_1].
             features = torch.cat(list(last[-self.directions :]), dim=-1)  # (B, dirs * H)
@@ -141,6 +147,26 @@ class RNN(nn.Module):
                 states = states.masked_fill(mask.unsqueeze(-1), 0.0)
             features = states.flatten(1)  # (B, T * dirs * H)
         return self.head(self.dropout(features))  # (B, num_classes)
+
+    def step_by_step(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """The forward pass one step at a time: (logits, each step's state). The state of step
+        t is (h_t,) or, for the LSTM, (h_t, c_t), every layer's; everything after step t reads
+        it, so the loss's gradient with respect to it is dL/dh_t through all later steps (the
+        fused `nn.RNN` hides the states inside one kernel). Same weights, same logits as
+        `forward` up to float rounding. Numbers only, one direction: a backward direction
+        reads the sequence from its end, so it has no "state after step t"."""
+        if self.directions != 1 or self.embed is not None:
+            raise ValueError("step_by_step reads numbers with one direction")
+        tokens = to_tokens(x, self.patch)  # (B, T, F)
+        state = None
+        states, tops = [], []
+        for t in range(tokens.shape[1]):
+            _, state = self.rnn(tokens[:, t : t + 1], state)
+            parts = state if isinstance(state, tuple) else (state,)
+            states.append(parts)
+            tops.append(parts[0][-1])  # (B, H): the top layer's h_t, read from the state
+        last = states[-1][0]  # (layers, B, H)
+        return self._classify(torch.stack(tops, dim=1), last, None), states
 
     def grad_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per layer and direction, for the `grad_norm/<layer>` metric."""

@@ -15,7 +15,8 @@ Tokens: each step (or each `patch` of steps) is embedded by a linear map (text: 
 by an embedding table, padding masked where x == PAD_ID); positions enter as a
 learned table or as the fixed sinusoids PE(pos, 2i) = sin(pos / 10000^(2i / d_model)),
 PE(pos, 2i + 1) = cos(...), added to the embeddings, since attention alone ignores order
-("Sequentiality" in the notes). Each layer is pre-norm:
+("Sequentiality" in the notes): with `positional = "none"` and no causal mask the model is
+invariant to any permutation of its tokens (tested). Each layer is pre-norm:
     x = x + drop(MultiHead(LN(x))),   x = x + drop(FFN(LN(x)))
 The classifier reads a learned class token prepended to the sequence, or the mean of the tokens.
 Dropout sites, each a knob that follows the swept `dropout` unless set: the embeddings, the
@@ -56,7 +57,9 @@ class TransformerConfig(FrozenConfig):
     ff: int = Field(128, ge=1, description="hidden width of each feed-forward block")
     activation: Literal[tuple(ACTIVATIONS)] = "gelu"
     patch: int = Field(4, ge=1, description="input steps embedded as one token")
-    positional: Literal["learned", "sinusoidal"] = "learned"
+    positional: Literal["learned", "sinusoidal", "none"] = Field(
+        "learned", description="none: no positions, so without a causal mask order is invisible"
+    )
     pooling: Literal["cls", "mean"] = "cls"
     causal: bool = Field(False, description="each token attends to itself and earlier ones only")
     dropout: float = Field(
@@ -201,8 +204,10 @@ class Transformer(nn.Module):
         if cfg.positional == "learned":
             self.position = nn.Parameter(torch.zeros(1, positions, cfg.d_model))
             nn.init.normal_(self.position, std=0.02)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.register_buffer("position", sinusoids(positions, cfg.d_model)[None], False)
+        else:  # none: attention and the position-wise layers treat the tokens as a set
+            self.position = None
         self.embed_dropout = nn.Dropout(cfg.rate(cfg.embed_dropout))
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -221,7 +226,7 @@ class Transformer(nn.Module):
             h = torch.cat([self.cls.expand(len(h), -1, -1), h], dim=1)  # (B, 1 + T, d_model)
             if padding is not None:
                 padding = F.pad(padding, (1, 0), value=False)  # the class token is never padding
-        h = self.embed_dropout(h + self.position)
+        h = self.embed_dropout(h if self.position is None else h + self.position)
         for layer in self.layers:
             h = layer(h, padding)
         h = self.norm(h)

@@ -46,8 +46,10 @@ from studylib.report.claims import (
     vanishing_gradients,
 )
 from studylib.report.completeness import completeness, split_relogged
+from studylib.report.contrasts import GROUP_CLAIMS, group_claims
+from studylib.report.group_figures import clipping, depth_figure, member_table, state_grad_profile
 from studylib.report.results import load_curves, load_runs
-from studylib.report.stats import ALPHA, mean_ci
+from studylib.report.stats import ALPHA, POWER, detectable_effect, mean_ci
 from studylib.report.summary import StudySummary, summarize
 from studylib.sweep.space import distributions
 
@@ -197,6 +199,7 @@ def write_report(
     if claims is not None:
         sections.append(claims)
     sections += lecture_sections(finished, tracking_uri, folder)
+    sections += group_claims_sections(finished, grad_curves, folder)
     if len(groups) > 1:
         sections.append(families_section(groups, curves, folder))
     oov = oov_section(tracking_uri, experiments, folder)
@@ -523,6 +526,60 @@ def lecture_sections(finished: pd.DataFrame, tracking_uri: str, folder: Path) ->
             )
             blocks.append(Block(lecture.data_noise_figure(group, folder / png), png=png))
             sections.append(Section(f"{where}: overfitting against data and noise", blocks))
+
+
+def group_claims_sections(finished: pd.DataFrame, grad_curves: pd.DataFrame, folder: Path):
+    """One section per group with declared claims across its members (contrasts.py): the
+    design's power, the verdicts, the members' figures and a table of each member."""
+    sections = []
+    arms = finished[finished["role"] == "arm"] if "role" in finished else finished
+    for group, results in group_claims(arms, grad_curves).items():
+        frame = claims_frame(results)
+        n = int(frame["n"].max()) if len(frame) else 0
+        families = {c.family: 0 for c in GROUP_CLAIMS[group]}
+        for c in GROUP_CLAIMS[group]:
+            families[c.family] += 1
+        power = "; ".join(
+            f"{family} (m = {m}): d_z >= {_stat(detectable_effect(n, ALPHA / m))}"
+            for family, m in families.items()
+        )
+        blocks = [
+            Block(
+                text=f"Group {group}: members compared paired by seed (a seed fixes the split "
+                "and the batch order; the members differ in what the group varies). Each claim "
+                "is a two-sided paired t-test, Holm-adjusted within its family at alpha = "
+                f"{ALPHA:g}; a claim with a margin tests the difference against it ('tested "
+                f"against'). With n = {n} seeds, the d_z found with {POWER:.0%} power at Holm's "
+                f"first step: {power}."
+                if n >= 2
+                else f"Group {group}: fewer than two seeds."
+            ),
+            Block(
+                caption=f"Claims of group {group}, each in its family (Holm within each); "
+                "differences are the first side minus the second, paired by seed, with "
+                "unadjusted 95% t-intervals.",
+                table=_claims_table(frame, group, "", "measure", "", family=True),
+            ),
+        ]
+        prefix = f"group-{group}"
+        for name, draw, args in (
+            ("state-grads", state_grad_profile, (arms, group)),
+            ("clipping", clipping, (arms, grad_curves, group)),
+            ("depth", depth_figure, (arms, grad_curves, group)),
+        ):
+            png = f"{prefix}-{name}.png"
+            caption = draw(*args, folder / png)
+            if caption is not None:
+                blocks.append(Block(caption=caption, png=png))
+        blocks.append(
+            Block(
+                caption=f"Members of group {group}: test accuracy (and, for text, tokens per "
+                "validation word and the test OOV rate; the training wall time in seconds), "
+                "mean and 95% t-interval over seeds.",
+                table=member_table(arms, group),
+            )
+        )
+        sections.append(Section(f"Group {group}: claims across its members", blocks))
     return sections
 
 

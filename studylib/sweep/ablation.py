@@ -139,7 +139,8 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
             untuned = [k for k in arm_knobs(arm) if k not in given]
             space = {k: switched_on(exp.sweep.search[k]) for k in untuned}
             space.update(plan.nuisance)
-            budget = exp.ablation.tune_trials * max(1, len(untuned))
+            knobs = 1 if plan.tune_budget == "per_arm" else max(1, len(untuned))
+            budget = plan.tune_trials * knobs
             chosen = tune_arm(
                 exp, arm, space, given, storage, tracker, parent.run_id, splits, budget
             )

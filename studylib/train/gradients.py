@@ -3,11 +3,17 @@
 `grad_norms` logs each layer's gradient norm before clipping, averaged over the epoch's
 batches, as `grad_norm/<layer>` (and `grad_norm/total`), so vanishing and exploding gradients
 show in MLflow; summed on the device and read once per epoch.
+
+Through time (`state_grads`, recurrent nets): the norm of the loss's gradient with respect to
+the state after each step, ||dL/dh_t||, on one fixed batch, off the training loop. A tanh RNN
+multiplies it by W^T diag(1 - h^2) per step back, so it falls geometrically towards early
+steps when those factors are below 1; the LSTM's cell path multiplies by the forget gate.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -59,3 +65,22 @@ class GradNorms:
         self.sums = torch.zeros_like(self.sums)
         self.batches = 0
         return means
+
+
+def state_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """||dL/d state_t|| for t = 1..T: L the mean cross-entropy of the batch (x, y) in eval mode
+    (no dropout), the state (h_t) or (h_t, c_t) of every layer, the norm over the whole batch's
+    gradient. `model` must have `step_by_step` (models/rnn.py). One host read."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits, states = model.step_by_step(x)
+            flat = [part for state in states for part in state]
+            grads = torch.autograd.grad(F.cross_entropy(logits, y), flat, allow_unused=True)
+    finally:
+        model.train(was_training)
+    squares = [torch.zeros((), device=x.device) if g is None else g.square().sum() for g in grads]
+    per_step = len(states[0])
+    steps = torch.stack(squares).view(len(states), per_step).sum(dim=1).sqrt()
+    return steps.tolist()

@@ -44,7 +44,7 @@ from studylib.config import DEFAULT_SPEED, Speed, TrainConfig
 from studylib.data import Splits
 from studylib.train.calibration import mc_dropout_figures
 from studylib.train.device import autocast_context
-from studylib.train.gradients import GradNorms
+from studylib.train.gradients import GradNorms, state_gradients
 from studylib.train.regularizers import (
     PRUNE_THRESHOLDS,
     PenaltyMeter,
@@ -59,6 +59,7 @@ from studylib.train.stopping import StoppingRule, comparison_rules, make_rule, s
 from studylib.train.tasks import TASKS
 
 EVAL_BATCH = 8192
+STATE_GRAD_BATCH = 100  # `state_grads`: the first this many training examples, a fixed batch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -158,8 +159,11 @@ class EpochBook:
 
     The best epoch and the stopping rule watch the monitored figure (`monitored`)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, validates: bool = True):
         self.cfg = cfg
+        # False: no validation split (data.val_fraction = 0, config.py allows it only for runs
+        # that select nothing): no val/* figures, and the "best" epoch is simply the last.
+        self.validates = validates
         self.history: list[dict[str, float]] = []
         self.best_value = math.inf  # of the monitored figure
         self.best_epoch = 0
@@ -177,17 +181,19 @@ class EpochBook:
     def step(self, epoch: int, metrics: dict[str, float]) -> tuple[bool, Ending | None]:
         """Record epoch `epoch`'s figures. Returns (keep these weights as the best so far, how
         the run ends after this epoch or None). A diverged epoch records its finite figures."""
-        objective, train_loss, val_loss = (
-            metrics["train/objective"],
-            metrics["train/loss"],
-            metrics["val/loss"],
-        )
-        if not all(math.isfinite(v) for v in (objective, train_loss, val_loss)):
+        objective, train_loss = metrics["train/objective"], metrics["train/loss"]
+        checked = (objective, train_loss, metrics["val/loss"] if self.validates else 0.0)
+        if not all(math.isfinite(v) for v in checked):
             self.history.append({k: v for k, v in metrics.items() if math.isfinite(v)})
             reason = f"non-finite loss at epoch {epoch} (objective {objective})"
             return False, Ending("diverged", reason)
         self.history.append(metrics)
         keep = False
+        if not self.validates:
+            self.best_epoch = epoch
+            if epoch >= self.cfg.max_epochs:
+                return False, Ending("completed", f"trained all {self.cfg.max_epochs} epochs")
+            return False, None
         watched = monitored(metrics, "val", self.cfg.monitor)
         if watched < self.best_value - self.cfg.min_delta:
             self.best_value, self.best_epoch = watched, epoch
@@ -313,14 +319,20 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norms = GradNorms(model, device) if cfg.grad_norms else None
     n = len(splits.y_train)
-    book = EpochBook(cfg)
+    validates = len(splits.y_val) > 0
+    book = EpochBook(cfg, validates)
+    # In order (`shuffle = false`, the MNIST-1D paper's batches): the same order every epoch.
+    in_order = None if cfg.shuffle else torch.arange(n, device=device)
+    probe = (splits.x_train[:STATE_GRAD_BATCH], splits.y_train[:STATE_GRAD_BATCH])
+    # Off the hot path: one measurement before training and one of the kept weights.
+    state_grads = {"init": state_gradients(model, *probe)} if cfg.state_grads else {}
     best_state = None
     tests = TestCurve(cfg.max_epochs, device) if test_curve else None
 
     model.train()
     for epoch in range(1, cfg.max_epochs + 1):
         objective_sum = splits.x_train.new_zeros((), dtype=torch.float32)
-        perm = torch.randperm(n, device=device, generator=order)
+        perm = torch.randperm(n, device=device, generator=order) if in_order is None else in_order
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             with autocast:
@@ -347,7 +359,11 @@ def fit(
         # One host sync per epoch: every figure is computed on the device, then read at once.
         with autocast:
             train_figures = evaluate(forward, splits.x_train, splits.y_train, splits.task)
-            val_figures = evaluate(forward, splits.x_val, splits.y_val, splits.task)
+            val_figures = (
+                evaluate(forward, splits.x_val, splits.y_val, splits.task)
+                if validates
+                else torch.full((2,), math.nan, device=device)
+            )
             if tests is not None:  # into the buffer: not part of this epoch's metrics
                 tests.record(epoch, evaluate(forward, splits.x_test, splits.y_test, splits.task))
         if cfg.l1 or cfg.l2:
@@ -357,6 +373,8 @@ def fit(
             parts.append(grad_norms.epoch_means())
         figures = torch.cat(parts).tolist()
         metrics = epoch_metrics(*figures[:7], lr=optimizer.param_groups[0]["lr"])
+        if not validates:  # nothing to log: there is no validation split
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(("val/", "gap/"))}
         if grad_norms is not None:
             metrics.update(zip(grad_norms.names, figures[7:], strict=True))
 
@@ -378,12 +396,29 @@ def fit(
         if cfg.mc_passes and splits.task == "classify":  # the ensemble view of dropout
             mc = mc_dropout_figures(forward, splits.x_test, splits.y_test, cfg.mc_passes)
             closing.update({k: float(v) for k, v in mc.items()})
+    if cfg.state_grads:
+        state_grads["kept"] = state_gradients(model, *probe)
+        closing.update(state_grad_figures(state_grads))
     result = book.result(ending, closing)
     if tests is not None:
         result.test_curve = tests.read(len(book.history))
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     result.seconds = time.perf_counter() - started
     return result
+
+
+def state_grad_figures(measured: dict[str, list[float]]) -> dict[str, float]:
+    """`state_grad/<when>/t01..tT` (||dL/dh_t|| per step) and `state_grad/<when>_decades`,
+    log10(||dL/dh_1|| / ||dL/dh_T||): how many orders of magnitude the gradient loses on its
+    way back from the last step to the first (negative: it vanishes)."""
+    figures: dict[str, float] = {}
+    for when, norms in measured.items():
+        width = len(str(len(norms)))
+        figures.update({f"state_grad/{when}/t{t:0{width}d}": v for t, v in enumerate(norms, 1)})
+        first, last = norms[0], norms[-1]
+        ratio = first / last if last > 0 else math.nan
+        figures[f"state_grad/{when}_decades"] = math.log10(ratio) if ratio > 0 else -math.inf
+    return figures
 
 
 def final_metrics(
@@ -403,6 +438,14 @@ def final_metrics(
     kept = history[selected_epoch - 1]
     best = history[best_epoch - 1]
     would_stop: dict[str, int] = {}
+    if "val/loss" not in kept:  # no validation split: nothing was selected, nothing to say
+        return {
+            "best_epoch": best_epoch,
+            "stopped_epoch": len(history),
+            "selected_epoch": selected_epoch,
+            "selected_train_loss": kept["train/loss"],
+            "selected_train_acc": kept["train/acc"],
+        }
     if cfg is not None:
         rules = comparison_rules(cfg.patience, cfg.min_delta, cfg.strip_length)
         would_stop = stop_epochs(

@@ -129,12 +129,17 @@ def check_population_search(exp: Experiment) -> None:
             "population training classifies fixed-shape examples only (not token ids or "
             "seq2seq); sweep without --population"
         )
-    for name in ("grad_clip", "grad_norms"):
+    for name in ("grad_clip", "grad_norms", "state_grads"):
         if getattr(exp.train, name):
             raise ConfigError(
                 f"population: train.{name} = {getattr(exp.train, name)!r}; population "
                 f"training does not implement it; set it off or sweep without --population"
             )
+    if not exp.train.shuffle:
+        raise ConfigError(
+            "population: train.shuffle = false; population training draws a fresh batch order "
+            "each epoch; set it true or sweep without --population"
+        )
     shared = [name for name in exp.sweep.search if name in ("lr",)]
     if shared:
         raise ConfigError(

@@ -145,3 +145,21 @@ def test_heads_must_divide_d_model(tmp_path):
     path.write_text('name = "t"\n[model]\narch = "transformer"\nd_model = 30\nheads = 4\n')
     with pytest.raises(ConfigError, match=r"model: .*heads = 4 must divide d_model = 30"):
         load_experiment(path)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_without_positions_and_causal_mask_order_is_invisible(pooling):
+    # Issue 15, item 6: true by construction, so a unit test and not a claim. Attention sums
+    # over keys, the other layers act token by token: permuting the steps changes nothing.
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=16, heads=2, ff=32, patch=1, positional="none", pooling=pooling)
+    model = build_model(cfg, (40,), 10).eval()
+    x = torch.randn(4, 40)
+    perm = torch.randperm(40)
+    torch.testing.assert_close(model(x[:, perm]), model(x), rtol=1e-5, atol=1e-5)
+    # Either ingredient of order breaks it: learned positions, or the causal mask (read with
+    # mean pooling: a class token in front sees only itself under a causal mask).
+    for changed in ({"positional": "learned"}, {"causal": True, "pooling": "mean"}):
+        torch.manual_seed(0)
+        other = build_model(cfg.model_copy(update=changed), (40,), 10).eval()
+        assert (other(x[:, perm]) - other(x)).abs().max() > 1e-3

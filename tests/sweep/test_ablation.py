@@ -146,3 +146,30 @@ def test_arms_log_a_test_curve_when_asked_and_tuning_runs_do_not(tiny_ablation, 
         assert at_kept[kept] == run.data.metrics["test_acc"]
     tunes = client.search_runs([experiment.experiment_id], "tags.`studylib.role` = 'tune'")
     assert tunes and all("test/acc" not in r.data.metrics for r in tunes)
+
+
+def test_per_arm_budget_gives_every_tuning_arm_the_same_trials(tiny, settings):
+    # Issue 15, item 8: the regularized arm against a baseline with the same tuning budget. The
+    # early-stopping arm tunes the learning rate only, `all` the learning rate and four
+    # strengths; per_arm gives each tune_trials trials (per_knob would give `all` four times
+    # as many).
+    raw = tiny.model_dump()
+    raw["sweep"]["trials"] = 0
+    raw["sweep"]["search"]["weight_decay"] = {"low": 1e-3, "high": 1e-1, "log": True}
+    raw["ablation"] = {
+        "seeds": [3],
+        "arms": ["early_stopping", "all"],
+        "tune_trials": 2,
+        "tune_budget": "per_arm",
+        "strength": {"patience": 2},
+        "nuisance": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+    }
+    exp = Experiment.model_validate(raw)
+    run_ablation(exp, settings)
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    tunes = client.search_runs([experiment.experiment_id], "tags.`studylib.role` = 'tune'")
+    counts = {}
+    for r in tunes:
+        counts[r.data.tags["studylib.arm"]] = counts.get(r.data.tags["studylib.arm"], 0) + 1
+    assert counts == {"early_stopping": 2, "all": 2}
