@@ -73,6 +73,9 @@ from studylib.tracking import Tracker, TrackingUnavailable, group_tags
 
 # Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
 RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
+# In a trial's owner: the writer process of its worker (writer.py), which tells the trial's
+# outcome after its worker trained it. A trial is dead once both processes are gone.
+WRITER_KEY = "writer"
 UNOWNED_GRACE_SECONDS = 60.0
 
 
@@ -114,6 +117,11 @@ class Worker:
     def current(cls) -> Worker:
         """This process (looked up per process id: a forked worker is a worker of its own)."""
         return _worker(os.getpid())
+
+    @classmethod
+    def of(cls, pid: int) -> Worker:
+        """Process `pid` of this machine (a writer process started by this one)."""
+        return _worker(pid)
 
     @classmethod
     def from_attr(cls, value: Any) -> Worker | None:
@@ -196,6 +204,9 @@ def fail_dead_trials(
                 continue
             reason = f"running for over {UNOWNED_GRACE_SECONDS:.0f} s without a known worker"
         elif owner.on_this_machine() and owner.is_gone():
+            writer = _writer_of(trial.user_attrs.get(OWNER_ATTR))
+            if writer is not None and not writer.is_gone():
+                continue  # its writer may yet tell how it ended
             reason = f"its worker ({owner.describe()}) is gone"
             dead.add(owner)
         else:
@@ -209,6 +220,10 @@ def fail_dead_trials(
             continue  # it finished in the meantime after all
         notes.append(_close_killed(trial, tracker, reason))
     return notes
+
+
+def _writer_of(attr: Any) -> Worker | None:
+    return Worker.from_attr(attr.get(WRITER_KEY)) if isinstance(attr, dict) else None
 
 
 def _close_killed(trial: FrozenTrial, tracker: Tracker, reason: str) -> str:
@@ -392,7 +407,7 @@ def relog_trial(
     return run.run_id
 
 
-# The results a completed trial keeps as Optuna attributes (claim.record_outcome).
+# The results a completed trial keeps as Optuna attributes (claim.trained_outcome).
 RESULT_ATTRS = ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc")
 
 

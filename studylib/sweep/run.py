@@ -41,6 +41,7 @@ from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
 from studylib.sweep.workers import run_workers
 from studylib.tracking import (
+    TrackingUnavailable,
     environment_tags,
     group_tags,
     open_tracker,
@@ -106,6 +107,7 @@ def run_sweep(
         if lacking:
             relog(study, tracker, exp, parent.run_id)
         status = "FINISHED"
+        lost: BaseException | None = None  # the tracker gone (here or in a writer)
         try:
             if workers > 1:  # N processes on this machine, this one among them
                 run_workers(share, workers, population)
@@ -114,8 +116,10 @@ def run_sweep(
         except KeyboardInterrupt:
             status = "KILLED"
             raise
-        except BaseException:
+        except BaseException as exc:
             status = "FAILED"
+            if isinstance(exc, TrackingUnavailable):
+                lost = exc
             raise
         finally:
             progress.close()
@@ -129,7 +133,7 @@ def run_sweep(
                 best_trial=study.best_trial.number if finished else None,
                 seconds=time.monotonic() - started,
             )
-            if tracker.down is None:
+            if tracker.down is None and lost is None:  # else the next sweep closes it
                 parent.log_metrics(
                     {"trials_done": summary.trials_done, "trials_run": summary.trials_run}
                 )
