@@ -318,7 +318,24 @@ def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
     runs = {run.info.run_id: run.info.status for run in found}
     numbered = {run.data.tags.get(TRIAL_TAG) for run in found}
     lacking = []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    linked = {t.user_attrs.get(RUN_ID_ATTR) for t in trials}
+    states = {str(t.number): t.state for t in trials}
+    for run in found:
+        # A run no trial points at, left open: its writer was killed between creating it and
+        # linking it to its trial (writer.py). Once that trial is no longer RUNNING, nothing
+        # will close it: close it here.
+        number = run.data.tags.get(TRIAL_TAG)
+        if (
+            run.info.status == "RUNNING"
+            and run.info.run_id not in linked
+            and number in states
+            and states[number] != TrialState.RUNNING
+        ):
+            reason = f"never linked to trial {number}: its writer died before it could"
+            tracker.close_run(run.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+            lacking.append(f"{number} (unlinked run {run.info.run_id} left open, closed as KILLED)")
+    for trial in trials:
         if not trial.state.is_finished():
             continue
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
