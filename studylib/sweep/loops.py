@@ -56,6 +56,8 @@ POLL_SECONDS = 1.0  # how often a process with nothing to claim looks at the oth
 @dataclass
 class Tally:
     ran: int = 0  # trials this process (or its workers) ran to an end
+    writer_seconds: float = 0.0  # this process's writer: its own CPU time (off the path)
+    writer_waited: float = 0.0  # the time this process waited for its writer (on the path)
 
 
 @dataclass
@@ -169,6 +171,9 @@ def trial_loop(
             close_unwritten(share, writer, pending, exc)
         raise
     finally:
+        if writer is not None:
+            share.tally.writer_seconds += writer.seconds
+            share.tally.writer_waited += writer.waited
         share.writer = None
 
 

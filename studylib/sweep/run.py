@@ -58,6 +58,8 @@ class SweepSummary:
     best_value: float | None
     best_trial: int | None
     seconds: float
+    writer_seconds: float = 0.0  # this process's writer's CPU time (workers' writers apart)
+    writer_waited: float = 0.0  # how long this process waited for its writer
 
 
 def run_sweep(
@@ -132,6 +134,8 @@ def run_sweep(
                 best_value=study.best_value if finished else None,
                 best_trial=study.best_trial.number if finished else None,
                 seconds=time.monotonic() - started,
+                writer_seconds=share.tally.writer_seconds,
+                writer_waited=share.tally.writer_waited,
             )
             if tracker.down is None and lost is None:  # else the next sweep closes it
                 parent.log_metrics(

@@ -49,6 +49,7 @@ from studylib.tracking import RunRecord, Tracker, TrackingUnavailable, apply
 
 QUEUE_MESSAGES = 16  # unacknowledged messages before the trainer waits (backpressure)
 POLL_SECONDS = 0.2  # how often a waiting trainer looks at its writer, and a writer at its trainer
+MERGE_MESSAGES = 64  # messages a writer that is behind writes in one go
 MAX_RESTARTS = 3  # writers started again after dying, per training process
 STOP_SECONDS = 30.0  # how long a writer may take to exit once told to
 
@@ -157,14 +158,66 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
             continue
         if item is None:
             return
-        number, message = item
+        # What else is waiting goes with it: a writer behind its trainer (short trials) writes
+        # a run's creation and its closing in one go (merge: fewer store round trips).
+        items, stop = [item], False
+        while len(items) < MERGE_MESSAGES:
+            try:
+                more = requests.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                stop = True
+                break
+            items.append(more)
         started = time.process_time()
         try:
-            write(message, study, storage, tracker, known, spec.look_up)
+            write(
+                merge([message for _, message in items]),
+                study,
+                storage,
+                tracker,
+                known,
+                spec.look_up,
+            )
         except BaseException as exc:
-            replies.put(("error", number, _kind(exc), _text(exc)))
+            replies.put(("error", items[0][0], _kind(exc), _text(exc)))
             return
-        replies.put(("done", number, time.process_time() - started))
+        spent = (time.process_time() - started) / len(items)
+        for number, _ in items:
+            replies.put(("done", number, spent))
+        if stop:
+            return
+
+
+def merge(messages: list[Message]) -> Message:
+    """Messages as one: each run's pieces as one record (in the order the runs first appear),
+    then every outcome in order. Outcomes are still told only after all the records."""
+    records: dict[str, Piece] = {}
+    for message in messages:
+        for piece in message.pieces:
+            earlier = records.get(piece.record.key)
+            if earlier is not None:
+                trial = earlier.trial if earlier.trial is not None else piece.trial
+                records[piece.record.key] = Piece(merged(earlier.record, piece.record), trial)
+            else:
+                records[piece.record.key] = piece
+    return Message(list(records.values()), [o for m in messages for o in m.outcomes])
+
+
+def merged(first: RunRecord, then: RunRecord) -> RunRecord:
+    return RunRecord(
+        first.key,
+        name=first.name or then.name,
+        parent_id=first.parent_id or then.parent_id,
+        tags={**first.tags, **then.tags},
+        params={**first.params, **then.params},
+        metrics=[*first.metrics, *then.metrics],
+        json_files={**first.json_files, **then.json_files},
+        files={**first.files, **then.files},
+        inputs=[*first.inputs, *then.inputs],
+        status=then.status or first.status,
+    )
 
 
 def write(
