@@ -1400,11 +1400,76 @@ def lost_records(folder: Path) -> Outcome:
     return outcome
 
 
+def writer_kill(folder: Path, both: bool = False) -> Outcome:
+    """kill -9 of a sweep's writer process (studylib/sweep/writer.py: it writes the trainer's
+    MLflow records and tells Optuna how trials ended) mid-sweep, alone or together with its
+    trainer. Alone: the trainer starts another writer, which writes again what was not
+    acknowledged, and the sweep ends at its total. Both: a resume ends the study. Either way
+    nothing told before the kill changes, and nothing is left RUNNING in either system."""
+    what = "the writer and its trainer at once" if both else "the writer alone"
+    outcome = Outcome(
+        f"kill -9 of {what} mid-sweep" + (", then resume" if both else ""),
+        "no finished trial loses records; exact total; no trial or run left RUNNING",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 6
+    exp = write_experiment(folder, epochs=MID_TRIAL_EPOCHS, trials=total)
+    storage, tracking = str(folder / "optuna.journal"), f"sqlite:///{folder / 'mlflow.db'}"
+    proc = start(folder, sweep_argv(exp))
+    victim = wait_until(lambda: running_mid_trial(storage, completed=2), 240, "mid-trial")
+    writer = victim.user_attrs[OWNER_ATTR].get("writer")
+    outcome.check(writer is not None, "the running trial names no writer process")
+    before = snapshot(storage, tracking)  # trials told before the kill: their records stay
+    if writer is not None:
+        os.kill(writer["pid"], signal.SIGKILL)
+    if both:
+        os.kill(proc.pid, signal.SIGKILL)
+    code = proc.wait(300)
+    if both:
+        outcome.check(code == -signal.SIGKILL, f"exit {code}")
+        resume = run(folder, sweep_argv(exp))
+        outcome.check(
+            resume.wait() == 0, f"resume exited {resume.wait()}: {resume.stderr()[-300:]}"
+        )
+    else:
+        outcome.check(code == 0, f"the sweep exited {code}: {proc.stderr()[-300:]}")
+        outcome.check("started another" in proc.stderr(), "no note of the writer's restart")
+    trials = trials_of(storage)
+    outcome.check(not [t for t in trials if t.state == TrialState.RUNNING], "trials RUNNING")
+    runs = trial_runs(tracking)
+    open_runs = [r for r in runs if r.info.status == "RUNNING"]
+    outcome.check(not open_runs, f"{len(open_runs)} MLflow runs left RUNNING")
+    done = counted(trials)
+    outcome.check(done == total, f"{done} of {total} trials")
+    after = snapshot(storage, tracking)
+    gone = lost(before, after)
+    # Every completed trial, before the kill or after it, has its whole curve in MLflow.
+    short = [
+        n
+        for n, rec in after.items()
+        if rec.run_status != "FINISHED" or rec.points != MID_TRIAL_EPOCHS
+    ]
+    outcome.check(not short, f"completed trials without their whole run: {short}")
+    outcome.lost = len(gone) + max(0, total - done)
+    outcome.numbers.update(exit=code, done=done, completed_before=len(before), victim=victim.number)
+    outcome.observed = (
+        f"killed writer pid {writer and writer['pid']}"
+        + (f" and trainer pid {proc.pid}" if both else "")
+        + f" mid trial {victim.number} ({len(before)} told before); {done}/{total} trials; "
+        f"{len(open_runs)} runs RUNNING; lost {len(gone)}"
+    )
+    return outcome
+
+
 SCENARIOS: dict[str, Callable[[Path], Outcome | list[Outcome]]] = {
     "interruptions": interruptions,
     "population": lambda folder: [
         population_kill(folder / "one", workers=1),
         population_kill(folder / "two", workers=2, population=2),
+    ],
+    "writer": lambda folder: [
+        writer_kill(folder / "writer", both=False),
+        writer_kill(folder / "both", both=True),
     ],
     "diverging": diverging,
     "workers": workers_together,

@@ -671,6 +671,10 @@ class Settings:
     speed: Speed = DEFAULT_SPEED
     heartbeat_seconds: int = 60  # database storage: trials of a worker silent 2x this fail
     tracking_retry_seconds: float = 60.0  # MLflow calls retried this long, then a clear error
+    # Who writes a sweep's MLflow records and Optuna outcomes (sweep/writer.py): a process of
+    # each training process (off the training path), a thread of it (the same code, for tests
+    # that patch MLflow in this process), or "off": the training process, at once.
+    writer: Literal["process", "thread", "off"] = "process"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ the same guarantees:
   of dead sweeps) every half heartbeat, or every WATCH_SECONDS on a journal, so a killed
   worker's trial is failed and queued again while the survivors train, not when their own
   trials end;
-- tell how each ended (`record_outcome`, `fail_trial`), never masking the exception that ended
-  it.
+- tell how each ended (`tell` an `Outcome`, after its MLflow records are written: by the
+  writer process, writer.py; or `fail_trial`), never masking the exception that ended it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -38,7 +39,7 @@ from studylib.names import (
     RUN_ID_ATTR,
 )
 from studylib.redact import redact
-from studylib.sweep.recovery import Worker, recover
+from studylib.sweep.recovery import WRITER_KEY, Worker, recover
 from studylib.sweep.study import count_done, sampler_for, trial_id
 from studylib.tracking import Tracker
 from studylib.train import TrainResult
@@ -66,8 +67,12 @@ def claim_trials(
     tracker: Tracker,
     total: int,
     count: int = 1,
+    writer: dict[str, Any] | None = None,
 ) -> Claim:
-    """Up to `count` trials for this process, so that the study never exceeds `total`."""
+    """Up to `count` trials for this process, so that the study never exceeds `total`.
+
+    `writer`: the process that writes this process's records (writer.py), named in each
+    trial's owner beside this process: a trial is dead only once both are gone."""
     beating = heartbeat_seconds(storage) is not None
     with exclusive(settings.storage, f"study:{study.study_name}"):
         for note in recover(study, storage, tracker, beating):
@@ -89,6 +94,8 @@ def claim_trials(
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             claimed = [study.ask() for _ in range(min(count, left))]
         owner = Worker.current().as_attr()
+        if writer is not None:
+            owner[WRITER_KEY] = writer
         for trial in claimed:
             trial.set_user_attr(OWNER_ATTR, owner)
             if trial.user_attrs.get(RUN_ID_ATTR) is not None:  # inherited from a retried trial
@@ -166,52 +173,76 @@ def watch(
         thread.join()
 
 
-def fail_trial(study: optuna.Study, trial: optuna.Trial, failure: str, reason: str) -> None:
-    """Mark the trial FAIL with why (killed, interrupted, tracking, crashed); never mask the
-    exception that brought us here. Retryable failures run again (recovery.queue_retries)."""
-    try:
-        trial.set_user_attr(FAILURE_ATTR, failure)
-        trial.set_user_attr(REASON_ATTR, redact(reason)[:500])
-        study.tell(trial, state=TrialState.FAIL)
-    except Exception as exc:
-        say(f"trial {trial.number} could not be marked FAIL ({exc}); the next sweep will")
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed trial ended, as data: told by whoever writes the trial's records (the
+    writer process, after its MLflow run is closed), or at once by `tell`."""
+
+    number: int
+    state: str  # "complete", "pruned" or "fail"
+    value: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def record_outcome(study: optuna.Study, trial: optuna.Trial, result: TrainResult) -> float | None:
-    """Tell Optuna how a trained trial ended; its value, None if it diverged (a counted FAIL)."""
+def trained_outcome(number: int, result: TrainResult) -> Outcome:
+    """A trained trial's outcome: its value and kept results, or FAIL if it diverged (a counted
+    FAIL: a result, never retried)."""
+    if result.status == "diverged":
+        return Outcome(
+            number, "fail", attrs={DIVERGED_ATTR: result.reason, FAILURE_ATTR: "diverged"}
+        )
+    attrs = {key: result.final[key] for key in RESULT_KEYS}
+    return Outcome(number, "complete", result.final["selected_val_loss"], attrs)
+
+
+def failed_outcome(number: int, failure: str, reason: str) -> Outcome:
+    """A trial an exception ended: FAIL with why (killed, interrupted, tracking, crashed)."""
+    return Outcome(number, "fail", attrs={FAILURE_ATTR: failure, REASON_ATTR: redact(reason)[:500]})
+
+
+RESULT_KEYS = ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc")
+
+
+def tell(study: optuna.Study, storage: optuna.storages.BaseStorage, outcome: Outcome) -> None:
+    """Tell Optuna how a trial ended: its attributes, then its state. A trial another worker
+    failed meanwhile (no heartbeat for the grace period) is left as it is."""
     try:
-        if result.status == "diverged":
-            trial.set_user_attr(DIVERGED_ATTR, result.reason)
-            trial.set_user_attr(FAILURE_ATTR, "diverged")
-            study.tell(trial, state=TrialState.FAIL)
-            return None
-        value = result.final["selected_val_loss"]
-        for key in ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc"):
-            trial.set_user_attr(key, result.final[key])
-        study.tell(trial, value)
+        number = trial_id(storage, study, outcome.number)
+        for key, value in outcome.attrs.items():
+            storage.set_trial_user_attr(number, key, value)
+        if outcome.state == "complete":
+            study.tell(outcome.number, outcome.value)
+        else:
+            state = TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL
+            study.tell(outcome.number, state=state)
     except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
-        if not failed_meanwhile(study, trial):
+        if not failed_meanwhile(study, outcome.number):
             raise
-        return None
-    return value
 
 
-def record_pruned(study: optuna.Study, trial: optuna.Trial) -> None:
+def fail_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    number: int,
+    failure: str,
+    reason: str,
+) -> None:
+    """Mark trial `number` FAIL with why (killed, interrupted, tracking, crashed); never mask
+    the exception that brought us here. Retryable failures run again (recovery.queue_retries)."""
     try:
-        study.tell(trial, state=TrialState.PRUNED)
-    except (UpdateFinishedTrialError, ValueError):
-        if not failed_meanwhile(study, trial):
-            raise
+        tell(study, storage, failed_outcome(number, failure, reason))
+    except Exception as exc:
+        say(f"trial {number} could not be marked FAIL ({exc}); the next sweep will")
 
 
-def failed_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
+def failed_meanwhile(study: optuna.Study, number: int) -> bool:
     """Whether another worker failed the trial while it trained (its heartbeats went unrecorded
     for the grace period: a database outage). Its retry is queued; this result stays in MLflow
     only, and the sweep goes on."""
-    if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+    if study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
         return False
     say(
-        f"trial {trial.number} was failed by another worker while it trained (no heartbeat "
+        f"trial {number} was failed by another worker while it trained (no heartbeat "
         "recorded for the grace period); its retry runs it again"
     )
     return True

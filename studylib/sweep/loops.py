@@ -2,7 +2,8 @@
 
 `trial_loop` is what every process working on a study runs (the main process, each
 `--workers` process, any launcher's worker): claim trials through the one protocol
-(claim.py), train them, tell how they ended, until the study holds its total. `Share` is what
+(claim.py), train them, hand their records and outcomes to the process's writer (writer.py),
+which writes them while the next trials train, until the study holds its total. `Share` is what
 one process needs for that, opened the same way everywhere by `open_share`.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 
 from studylib.config import Experiment, Settings
 from studylib.console import Progress
@@ -21,17 +23,22 @@ from studylib.errors import ConfigError, checkpoint, disk_full
 from studylib.locks import exclusive
 from studylib.names import RUN_ID_ATTR
 from studylib.sweep.claim import (
+    Outcome,
     claim_trials,
     fail_trial,
+    failed_outcome,
     heartbeat,
-    record_outcome,
-    record_pruned,
+    tell,
+    trained_outcome,
     watch,
 )
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials, open_study
 from studylib.sweep.trial import run_trial, trial_epoch_callback, trial_setup
+from studylib.sweep.writer import Message, Piece, Writer
 from studylib.tracking import (
+    RecordedRun,
+    Recorder,
     Tracker,
     TrackingUnavailable,
     close_interrupted_run,
@@ -39,6 +46,7 @@ from studylib.tracking import (
     open_tracker,
     start_trial_run,
 )
+from studylib.tracking.store import FLUSH_SECONDS
 from studylib.train import resolve_device
 from studylib.train.population import Population, fit_population
 
@@ -48,6 +56,8 @@ POLL_SECONDS = 1.0  # how often a process with nothing to claim looks at the oth
 @dataclass
 class Tally:
     ran: int = 0  # trials this process (or its workers) ran to an end
+    writer_seconds: float = 0.0  # this process's writer: its own CPU time (off the path)
+    writer_waited: float = 0.0  # the time this process waited for its writer (on the path)
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Share:
     progress: Progress
     tally: Tally
     parent_id: str | None = None  # the sweep's MLflow parent run, once it exists
+    writer: Writer | None = None  # writes this process's records (trial_loop starts it)
 
 
 def open_share(
@@ -102,27 +113,101 @@ def open_records(
 def trial_loop(
     share: Share, population: int = 1, should_stop: Callable[[], bool] = lambda: False
 ) -> None:
-    """Claim trials (one, or `population` at a time), train them, tell how they ended; until
-    the study holds its total. `should_stop`: checked before each claim (a worker beside this
-    one failed, or every trial is claimed)."""
-    while not should_stop():
-        checkpoint()  # a stop signal noted since the last safe point, raised before a claim
-        s = share
-        claim = claim_trials(s.study, s.storage, s.exp, s.settings, s.tracker, s.total, population)
-        s.progress.sync(min(counted_trials(s.study), s.total))
-        if claim.trials:
-            with (
-                heartbeat(s.storage, s.study, claim.trials),
-                watch(s.study, s.storage, s.settings, s.tracker),
-            ):
-                if population > 1:
-                    run_population(share, claim.trials)
-                else:
-                    run_claimed(share, claim.trials[0])
-        elif claim.wait:
-            time.sleep(POLL_SECONDS)
+    """Claim trials (one, or `population` at a time), train them, have them written and told;
+    until the study holds its total. `should_stop`: checked before each claim (a worker beside
+    this one failed, or every trial is claimed).
+
+    The order that keeps one process reproducible with its records written off the training
+    path: everything handed to the writer is told before a claim, except the trials just
+    trained, whose closing message is handed over right after the claim. So trial k is always
+    asked with trials 0..k-2 told and k-1 running (a constant liar to the sampler), whatever
+    the writer's pace, and trains while k-1 is written."""
+    mode = share.settings.writer
+    writer = share.writer = None if mode == "off" else Writer(share.exp, share.settings, mode)
+    pending: Message | None = None
+    try:
+        while not should_stop():
+            checkpoint()  # a stop signal noted since the last safe point, raised before a claim
+            if writer is not None:
+                writer.settle()
+            s = share
+            claim = claim_trials(
+                s.study,
+                s.storage,
+                s.exp,
+                s.settings,
+                s.tracker,
+                s.total,
+                population,
+                writer=writer.owner_attr() if writer is not None else None,
+            )
+            if pending is not None:
+                assert writer is not None
+                writer.submit(pending)
+                pending = None
+                if not claim.trials:
+                    continue  # what was just told may complete the study: look again
+            s.progress.sync(min(counted_trials(s.study), s.total))
+            if claim.trials:
+                with (
+                    heartbeat(s.storage, s.study, claim.trials),
+                    watch(s.study, s.storage, s.settings, s.tracker),
+                ):
+                    if population > 1:
+                        pending = run_population(share, claim.trials)
+                    else:
+                        pending = run_claimed(share, claim.trials[0])
+            elif claim.wait:
+                time.sleep(POLL_SECONDS)
+            else:
+                break
+        if writer is not None:
+            if pending is not None:
+                writer.submit(pending)
+                pending = None
+            writer.close()
+    except BaseException as exc:
+        if writer is not None:
+            close_unwritten(share, writer, pending, exc)
+        raise
+    finally:
+        if writer is not None:
+            share.tally.writer_seconds += writer.seconds
+            share.tally.writer_waited += writer.waited
+        share.writer = None
+
+
+def close_unwritten(share: Share, writer: Writer, pending: Message | None, exc: BaseException):
+    """After `exc` stopped the loop: the trials trained or handed over but not yet told. A
+    working writer writes and tells them; if it failed, they are failed here (their MLflow
+    runs are closed by the next sweep's audit), and a tracking error names them."""
+    if writer.error is None:
+        try:
+            if pending is not None:
+                writer.submit(pending)
+            writer.settle()
+        except BaseException:  # the writer failed meanwhile: fail what it did not tell
+            pass
         else:
+            writer.stop()
             return
+    messages = [*writer.unacked.values(), *([pending] if pending is not None else [])]
+    numbers = [outcome.number for message in messages for outcome in message.outcomes]
+    cause = writer.error or exc
+    numbers = still_running(share, numbers)
+    for number in numbers:
+        fail_trial(share.study, share.storage, number, *failure_of(cause))
+    writer.stop()
+    if isinstance(cause, TrackingUnavailable) and numbers:
+        raise tracking_error(cause, numbers) from None
+
+
+def tracking_error(exc: BaseException, numbers: list[int]) -> TrackingUnavailable:
+    trials = f"trial {numbers[0]} is" if len(numbers) == 1 else f"trials {numbers} are"
+    return TrackingUnavailable(
+        f"{exc}. Optuna is consistent: {trials} marked FAIL and runs again when you rerun "
+        "the sweep with the server back"
+    )
 
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
@@ -139,53 +224,104 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
     return "crashed", f"{type(exc).__name__}: {exc}"
 
 
-def run_claimed(share: Share, trial: optuna.Trial) -> None:
-    """Train one claimed trial and tell Optuna how it ended."""
-    study, progress = share.study, share.progress
+def recorder_for(share: Share, number: int) -> Recorder | None:
+    """Where a trial's MLflow run goes: recorded for the writer, or (no writer) written here."""
+    writer = share.writer
+    if writer is None:
+        return None
+    return Recorder(lambda record: writer.submit(Message([Piece(record, number)])), FLUSH_SECONDS)
+
+
+def closing(
+    share: Share, runs: list[tuple[int, RecordedRun | None]], outcomes: list[Outcome]
+) -> Message | None:
+    """The message that closes these trials' runs and tells their outcomes (writer), or None:
+    without a writer the outcomes are told here, the runs already closed."""
+    if share.writer is None:
+        for outcome in outcomes:
+            tell(share.study, share.storage, outcome)
+        return None
+    pieces = [Piece(run.final, n) for n, run in runs if run is not None and run.final is not None]
+    return Message(pieces, outcomes)
+
+
+def end_now(share: Share, message: Message | None, exc: BaseException) -> None:
+    """A trial ended by `exc` (a stop, a crash): its run closed and its FAIL told before the
+    exception goes on; what the writer could not tell is failed here."""
+    writer = share.writer
+    if message is None or writer is None:
+        return
+    try:
+        writer.submit(message)
+        writer.settle()
+    except BaseException:  # the writer failed meanwhile
+        for number in still_running(share, [o.number for o in message.outcomes]):
+            fail_trial(share.study, share.storage, number, *failure_of(exc))
+
+
+def still_running(share: Share, numbers: list[int]) -> list[int]:
+    trials = share.study.get_trials(deepcopy=False)
+    return [n for n in numbers if trials[n].state == TrialState.RUNNING]
+
+
+def run_claimed(share: Share, trial: optuna.Trial) -> Message | None:
+    """Train one claimed trial; the message that closes its run and tells its outcome, for the
+    loop to hand to the writer (told here when there is none)."""
+    progress, writer = share.progress, share.writer
     progress.start_trial(trial.number)
     plan = trial_setup(share.exp, trial, share.storage)
+    recorder = recorder_for(share, trial.number)
+
+    def recorded() -> list[tuple[int, RecordedRun | None]]:
+        return [(trial.number, recorder.started[-1] if recorder and recorder.started else None)]
+
     try:
         outcome = run_trial(
             plan.exp,
             share.splits,
-            share.tracker,
+            recorder or share.tracker,
             run_name=plan.run_name,
             tags=plan.tags,
             parent_id=share.parent_id,
             trial=trial,
             progress=progress,
             speed=share.settings.speed,
+            before_prune=writer.settle_outcomes if writer is not None else None,
         )
     except optuna.TrialPruned:
-        record_pruned(study, trial)
         share.tally.ran += 1
         progress.finish_trial(None)
-        return
+        return closing(share, recorded(), [Outcome(trial.number, "pruned")])
     except BaseException as exc:
-        fail_trial(study, trial, *failure_of(exc))
+        told = failed_outcome(trial.number, *failure_of(exc))
+        if writer is None or isinstance(exc, TrackingUnavailable):
+            fail_trial(share.study, share.storage, trial.number, *failure_of(exc))
+        else:
+            end_now(share, closing(share, recorded(), [told]), exc)
         if isinstance(exc, TrackingUnavailable):
-            raise TrackingUnavailable(
-                f"{exc}. Optuna is consistent: trial {trial.number} is marked FAIL and runs "
-                "again when you rerun the sweep with the server back"
-            ) from None
+            raise tracking_error(exc, [trial.number]) from None
         raise
     share.tally.ran += 1
-    progress.finish_trial(record_outcome(study, trial, outcome.result))
+    told = trained_outcome(trial.number, outcome.result)
+    progress.finish_trial(told.value)
+    return closing(share, recorded(), [told])
 
 
-def run_population(share: Share, trials: list[optuna.Trial]) -> None:
+def run_population(share: Share, trials: list[optuna.Trial]) -> Message | None:
     """Train claimed trials at once as one batched model (train/population.py); each member
-    keeps its own MLflow run and Optuna trial, exactly as a sequential trial does."""
-    study, splits, progress = share.study, share.splits, share.progress
+    keeps its own MLflow run and Optuna trial, exactly as a sequential trial does. With a
+    writer, the members' runs are created in one message before training and closed, with
+    their outcomes, in one message after it."""
+    splits, progress, writer = share.splits, share.progress, share.writer
     plans = [trial_setup(share.exp, trial, share.storage) for trial in trials]
     progress.start_trial(f"{trials[0].number}-{trials[-1].number}")
-    runs = []
+    runs: list = []
     try:
         batch = Population([plan.exp for plan in plans], splits)
         for trial, plan in zip(trials, plans, strict=True):
             run = start_trial_run(
                 plan.exp,
-                share.tracker,
+                recorder_for(share, trial.number) or share.tracker,
                 plan.run_name,
                 plan.tags,
                 share.parent_id,
@@ -196,31 +332,58 @@ def run_population(share: Share, trials: list[optuna.Trial]) -> None:
                 link=lambda run_id, trial=trial: trial.set_user_attr(RUN_ID_ATTR, run_id),
             )
             runs.append(run)
+        if writer is not None:  # every member's run created by one message
+            writer.submit(
+                Message([Piece(run.take(), t.number) for run, t in zip(runs, trials, strict=True)])
+            )
         callbacks = [
-            trial_epoch_callback(run, plan.exp, trial, progress)
+            trial_epoch_callback(
+                run,
+                plan.exp,
+                trial,
+                progress,
+                writer.settle_outcomes if writer is not None else None,
+            )
             for run, plan, trial in zip(runs, plans, trials, strict=True)
         ]
         outcomes = fit_population(batch, splits, callbacks)
     except BaseException as exc:  # nothing of this population finished: close it all
         for run in runs:
             close_interrupted_run(run, exc)
-        for trial in trials:
-            fail_trial(study, trial, *failure_of(exc))
+        told = [failed_outcome(trial.number, *failure_of(exc)) for trial in trials]
+        if writer is None or isinstance(exc, TrackingUnavailable):
+            for trial in trials:
+                fail_trial(share.study, share.storage, trial.number, *failure_of(exc))
+        else:
+            recorded = [(t.number, r) for t, r in zip(trials, runs, strict=False)]
+            end_now(share, closing(share, recorded, told), exc)
+        if isinstance(exc, TrackingUnavailable):
+            raise tracking_error(exc, [trial.number for trial in trials]) from None
         raise
     failure = None
+    told = []
     for trial, run, plan, outcome in zip(trials, runs, plans, outcomes, strict=True):
         if outcome.error is not None:
             close_interrupted_run(run, outcome.error)
             if isinstance(outcome.error, optuna.TrialPruned):
-                record_pruned(study, trial)
+                told.append(Outcome(trial.number, "pruned"))
                 share.tally.ran += 1
             else:
-                fail_trial(study, trial, *failure_of(outcome.error))
+                told.append(failed_outcome(trial.number, *failure_of(outcome.error)))
                 failure = failure or outcome.error
             progress.finish_trial(None)
             continue
         close_trial_run(run, plan.exp, outcome.result, splits.data_metrics)
         share.tally.ran += 1
-        progress.finish_trial(record_outcome(study, trial, outcome.result))
+        told.append(trained_outcome(trial.number, outcome.result))
+        progress.finish_trial(told[-1].value)
+    recorded = [
+        (t.number, r if isinstance(r, RecordedRun) else None)
+        for t, r in zip(trials, runs, strict=True)
+    ]
+    message = closing(share, recorded, told)
     if failure is not None:
+        if message is not None:
+            end_now(share, message, failure)
         raise failure
+    return message

@@ -73,6 +73,9 @@ from studylib.tracking import Tracker, TrackingUnavailable, group_tags
 
 # Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
 RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
+# In a trial's owner: the writer process of its worker (writer.py), which tells the trial's
+# outcome after its worker trained it. A trial is dead once both processes are gone.
+WRITER_KEY = "writer"
 UNOWNED_GRACE_SECONDS = 60.0
 
 
@@ -114,6 +117,11 @@ class Worker:
     def current(cls) -> Worker:
         """This process (looked up per process id: a forked worker is a worker of its own)."""
         return _worker(os.getpid())
+
+    @classmethod
+    def of(cls, pid: int) -> Worker:
+        """Process `pid` of this machine (a writer process started by this one)."""
+        return _worker(pid)
 
     @classmethod
     def from_attr(cls, value: Any) -> Worker | None:
@@ -196,6 +204,9 @@ def fail_dead_trials(
                 continue
             reason = f"running for over {UNOWNED_GRACE_SECONDS:.0f} s without a known worker"
         elif owner.on_this_machine() and owner.is_gone():
+            writer = _writer_of(trial.user_attrs.get(OWNER_ATTR))
+            if writer is not None and not writer.is_gone():
+                continue  # its writer may yet tell how it ended
             reason = f"its worker ({owner.describe()}) is gone"
             dead.add(owner)
         else:
@@ -209,6 +220,10 @@ def fail_dead_trials(
             continue  # it finished in the meantime after all
         notes.append(_close_killed(trial, tracker, reason))
     return notes
+
+
+def _writer_of(attr: Any) -> Worker | None:
+    return Worker.from_attr(attr.get(WRITER_KEY)) if isinstance(attr, dict) else None
 
 
 def _close_killed(trial: FrozenTrial, tracker: Tracker, reason: str) -> str:
@@ -303,7 +318,24 @@ def audit_records(study: optuna.Study, tracker: Tracker) -> list[str]:
     runs = {run.info.run_id: run.info.status for run in found}
     numbered = {run.data.tags.get(TRIAL_TAG) for run in found}
     lacking = []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    linked = {t.user_attrs.get(RUN_ID_ATTR) for t in trials}
+    states = {str(t.number): t.state for t in trials}
+    for run in found:
+        # A run no trial points at, left open: its writer was killed between creating it and
+        # linking it to its trial (writer.py). Once that trial is no longer RUNNING, nothing
+        # will close it: close it here.
+        number = run.data.tags.get(TRIAL_TAG)
+        if (
+            run.info.status == "RUNNING"
+            and run.info.run_id not in linked
+            and number in states
+            and states[number] != TrialState.RUNNING
+        ):
+            reason = f"never linked to trial {number}: its writer died before it could"
+            tracker.close_run(run.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+            lacking.append(f"{number} (unlinked run {run.info.run_id} left open, closed as KILLED)")
+    for trial in trials:
         if not trial.state.is_finished():
             continue
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
@@ -392,7 +424,7 @@ def relog_trial(
     return run.run_id
 
 
-# The results a completed trial keeps as Optuna attributes (claim.record_outcome).
+# The results a completed trial keeps as Optuna attributes (claim.trained_outcome).
 RESULT_ATTRS = ("best_epoch", "stopped_epoch", "test_acc", "selected_val_acc")
 
 

@@ -41,6 +41,7 @@ from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
 from studylib.sweep.workers import run_workers
 from studylib.tracking import (
+    TrackingUnavailable,
     environment_tags,
     group_tags,
     open_tracker,
@@ -57,6 +58,8 @@ class SweepSummary:
     best_value: float | None
     best_trial: int | None
     seconds: float
+    writer_seconds: float = 0.0  # this process's writer's CPU time (workers' writers apart)
+    writer_waited: float = 0.0  # how long this process waited for its writer
 
 
 def run_sweep(
@@ -106,6 +109,7 @@ def run_sweep(
         if lacking:
             relog(study, tracker, exp, parent.run_id)
         status = "FINISHED"
+        lost: BaseException | None = None  # the tracker gone (here or in a writer)
         try:
             if workers > 1:  # N processes on this machine, this one among them
                 run_workers(share, workers, population)
@@ -114,8 +118,10 @@ def run_sweep(
         except KeyboardInterrupt:
             status = "KILLED"
             raise
-        except BaseException:
+        except BaseException as exc:
             status = "FAILED"
+            if isinstance(exc, TrackingUnavailable):
+                lost = exc
             raise
         finally:
             progress.close()
@@ -128,8 +134,10 @@ def run_sweep(
                 best_value=study.best_value if finished else None,
                 best_trial=study.best_trial.number if finished else None,
                 seconds=time.monotonic() - started,
+                writer_seconds=share.tally.writer_seconds,
+                writer_waited=share.tally.writer_waited,
             )
-            if tracker.down is None:
+            if tracker.down is None and lost is None:  # else the next sweep closes it
                 parent.log_metrics(
                     {"trials_done": summary.trials_done, "trials_run": summary.trials_run}
                 )

@@ -50,8 +50,12 @@ def sampler_for(seed: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
     which trials had finished when it was asked.
     """
     # Wrapped into numpy's 32-bit seed range (config.SEED_MAX): a seed near the top plus the
-    # trial count must not overflow it.
-    return optuna.samplers.TPESampler(seed=(seed + trials_so_far) % (SEED_MAX + 1))
+    # trial count must not overflow it. Constant liar: a trial still running counts as a bad
+    # result, so the members of a population asked at once (and a trial asked while the one
+    # before it is still being written, writer.py) are spread out instead of sampled alike.
+    return optuna.samplers.TPESampler(
+        seed=(seed + trials_so_far) % (SEED_MAX + 1), constant_liar=True
+    )
 
 
 def pruner_for(exp: Experiment) -> optuna.pruners.BasePruner:

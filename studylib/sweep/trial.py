@@ -32,6 +32,8 @@ from studylib.names import (
 from studylib.sweep.space import suggest
 from studylib.sweep.study import trial_id
 from studylib.tracking import (
+    RecordedRun,
+    Recorder,
     Run,
     Tracker,
     TrackingUnavailable,
@@ -46,7 +48,7 @@ from studylib.train import TrainResult, fit
 class TrialOutcome:
     result: TrainResult
     status: str  # completed, early_stopped, diverged
-    run_id: str
+    run_id: str | None  # None for a recorded run: its writer creates it
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,18 @@ def trial_plan(exp: Experiment, trial: BaseTrial, retry_of: int | None) -> Trial
 
 
 def trial_epoch_callback(
-    run: Run, exp: Experiment, trial: optuna.Trial | None, progress: Progress | None
+    run: Run | RecordedRun,
+    exp: Experiment,
+    trial: optuna.Trial | None,
+    progress: Progress | None,
+    before_prune: Callable[[], None] | None = None,
 ) -> Callable[[int, dict[str, float]], None]:
-    """Once per epoch: queue the metrics for MLflow, show progress, let Optuna prune."""
+    """Once per epoch: queue the metrics for MLflow, show progress, let Optuna prune.
+
+    `before_prune`: called before the pruner judges (past its warm-up): a writer's outcomes
+    still unwritten are told first, so the pruner sees the same finished trials whatever the
+    writer's pace (by then they are long written: it costs nothing)."""
+    pruner = exp.sweep.pruner
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         checkpoint()  # a stop signal noted during the epoch, raised between epochs
@@ -94,6 +105,8 @@ def trial_epoch_callback(
             progress.epoch(epoch, exp.train.max_epochs)
         if trial is not None:
             trial.report(metrics["val/loss"], epoch)
+            if before_prune is not None and pruner.enabled and epoch >= pruner.warmup_epochs:
+                before_prune()
             if trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned at epoch {epoch}: val/loss {metrics['val/loss']:.4f}"
@@ -105,7 +118,7 @@ def trial_epoch_callback(
 def run_trial(
     exp: Experiment,
     splits: Splits,
-    tracker: Tracker,
+    tracker: Tracker | Recorder,
     *,
     run_name: str,
     tags: dict[str, str],
@@ -114,11 +127,14 @@ def run_trial(
     progress: Progress | None = None,
     speed: Speed = DEFAULT_SPEED,
     test_curve: bool = False,
+    before_prune: Callable[[], None] | None = None,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
 
     With an Optuna `trial`, per-epoch validation loss is reported for pruning; a pruned trial
-    raises `optuna.TrialPruned` after its run is closed. `test_curve` (ablation arms): the run
+    raises `optuna.TrialPruned` after its run is closed. With a `Recorder` for the tracker the
+    run is recorded for a writer (writer.py) instead of written: its closing piece is left in
+    the recorded run's `final`. `test_curve` (ablation arms): the run
     also gets per-epoch `test/loss` and `test/acc`, logged once training has ended.
     """
     device = splits.x_train.device
@@ -138,7 +154,7 @@ def run_trial(
         trial.params if trial is not None else None,
         link=(lambda run_id: trial.set_user_attr(RUN_ID_ATTR, run_id)) if trial else None,
     )
-    on_epoch = trial_epoch_callback(run, exp, trial, progress)
+    on_epoch = trial_epoch_callback(run, exp, trial, progress, before_prune)
     try:
         result = fit(
             model,

@@ -25,7 +25,6 @@ which trials had finished when it was asked, which with several workers depends 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import threading
@@ -42,6 +41,7 @@ from studylib.errors import ConfigError, Incomplete, checkpoint, stop_on_signals
 from studylib.locations import Location
 from studylib.sweep.loops import Share, open_share, trial_loop
 from studylib.sweep.study import counted_trials
+from studylib.sweep.writer import process_context
 
 POLL_SECONDS = 0.5  # how often the main process refreshes the progress bar
 STOP_GRACE_SECONDS = 60.0  # how long a stopping worker may take to close its trial
@@ -88,7 +88,7 @@ def run_workers(share: Share, workers: int, population: int = 1) -> None:
     remaining = total - counted_trials(study)
     if remaining <= 0:
         return
-    context = worker_context()
+    context = process_context()
     ran = context.Value("i", 0)
     stop = context.Event()
     threads = threads_per_worker(workers)
@@ -165,21 +165,6 @@ def how_it_ended(exitcode: int | None) -> str:
     if exitcode == 1:
         return "exited 1 (its traceback is printed above)"
     return f"exited {exitcode}"
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Fresh processes: no threads, locks or database handles inherited from this one.
-
-    A fork server that has imported studylib (torch, MLflow, Optuna) once forks each worker
-    ready to run: measured on 2 busy cores, 3 s until two workers run instead of 9.5 s when
-    each imports everything itself ("spawn", the fallback where there is no fork server).
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # torch._dynamo: the first optimizer a process builds imports it (2-4 s here).
-    context.set_forkserver_preload(["torch._dynamo", "studylib.sweep.workers"])
-    return context
 
 
 def work(

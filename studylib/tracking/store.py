@@ -224,8 +224,15 @@ class Tracker:
                 raise
             return found.experiment_id
 
-    def start_run(self, run_name: str, tags: dict[str, str], parent_id: str | None = None) -> Run:
-        tags = {**tags, RUN_KEY_TAG: uuid.uuid4().hex}
+    def start_run(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        parent_id: str | None = None,
+        key: str | None = None,
+    ) -> Run:
+        """Create a run; `key` (its RUN_KEY_TAG, made here if not given) finds it again."""
+        tags = {**tags, RUN_KEY_TAG: key or uuid.uuid4().hex}
         if parent_id is not None:
             tags[PARENT_RUN_TAG] = parent_id
         tried = False
@@ -243,6 +250,16 @@ class Tracker:
 
         run = self.call(create, f"create run {run_name}")
         return Run(self, run.info.run_id, run.info.artifact_uri)
+
+    def find_run(self, key: str) -> Any | None:
+        """The run of this experiment with the given RUN_KEY_TAG, if one was created."""
+        found = self.call(
+            lambda: self.client.search_runs(
+                [self.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'"
+            ),
+            "look a run up",
+        )
+        return found[0] if found else None
 
     def set_experiment_tag(self, key: str, value: str) -> None:
         self.call(
@@ -316,6 +333,7 @@ class Run:
         self.run_id = run_id
         self.artifact_uri = artifact_uri
         self._pending: list[Metric] = []
+        self._pending_params: list[Param] = []
         self._closing_tags: dict[str, Any] = {}
         self._last_flush = time.monotonic()
 
@@ -338,6 +356,20 @@ class Run:
         self._pending.extend(Metric(key, value, now, step) for key, value in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def add_metrics(self, metrics: list[Metric]) -> None:
+        """Queue metrics made elsewhere (with their own timestamps) for the next batch."""
+        self._pending.extend(metrics)
+
+    def add_params(self, params: dict[str, Any]) -> None:
+        """Queue params for the next `write_pending` or `finish` batch."""
+        self._pending_params.extend(Param(key, str(value)) for key, value in params.items())
+
+    def log_inputs(self, datasets: list[Any]) -> None:
+        """Dataset inputs (`mlflow.entities.DatasetInput`), in one call."""
+        self.tracker.call(
+            lambda: self.client.log_inputs(self.run_id, datasets=datasets), "log inputs"
+        )
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -362,6 +394,7 @@ class Run:
         self,
         json_files: dict[str, Any] | None = None,
         state_dicts: dict[str, dict[str, torch.Tensor]] | None = None,
+        raw_files: dict[str, bytes] | None = None,
     ) -> None:
         """Write JSON payloads and `torch.save`d state dicts as the run's artifacts.
 
@@ -376,6 +409,8 @@ class Run:
                 (folder / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
             for name, state_dict in (state_dicts or {}).items():
                 torch.save(state_dict, folder / name)
+            for name, data in (raw_files or {}).items():  # already serialized elsewhere
+                (folder / name).write_bytes(data)
             if local is None:
                 self.tracker.call(
                     lambda: self.client.log_artifacts(self.run_id, tmp), "upload artifacts"
@@ -395,6 +430,23 @@ class Run:
             self._pending.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
         self._closing_tags.update(tags or {})
 
+    def write_pending(self) -> None:
+        """Queued params, closing tags and metrics, in as few `log_batch` calls as MLflow's
+        limits allow (100 params, 100 tags, 1000 values in all a call); the tags ride with the
+        first. Dropped only once written: a batch that failed is retried by the next call."""
+        params, metrics = self._pending_params, self._pending
+        tags = [RunTag(key, str(value)[:5000]) for key, value in self._closing_tags.items()]
+        while params or tags or metrics:
+            some_params, some_tags = params[:MAX_PARAMS_PER_BATCH], tags[:MAX_PARAMS_PER_BATCH]
+            room = MAX_METRICS_PER_BATCH - len(some_params) - len(some_tags)
+            some_metrics = metrics[:room]
+            self._batch("close the run", metrics=some_metrics, params=some_params, tags=some_tags)
+            params, tags = params[len(some_params) :], tags[len(some_tags) :]
+            metrics = metrics[len(some_metrics) :]
+            self._pending_params, self._pending = params, metrics
+            self._closing_tags = dict(list(self._closing_tags.items())[len(some_tags) :])
+        self._last_flush = time.monotonic()
+
     def finish(
         self,
         status: str,
@@ -408,19 +460,7 @@ class Run:
         transaction, not three. Each write goes through the tracker's retries.
         """
         self.closing(tags, metrics)
-        tag_items = [RunTag(key, str(value)[:5000]) for key, value in self._closing_tags.items()]
-        pending = self._pending
-        batches = [
-            pending[start : start + MAX_METRICS_PER_BATCH]
-            for start in range(0, len(pending), MAX_METRICS_PER_BATCH)
-        ] or [[]]
-        for number, batch in enumerate(batches):
-            extra = tag_items if number == 0 else []  # the tags ride with the first batch
-            if batch or extra:
-                self._batch("close the run", metrics=batch, tags=extra)
-        # Dropped only once written, as in `flush`.
-        self._pending, self._closing_tags = [], {}
-        self._last_flush = time.monotonic()
+        self.write_pending()
         self.tracker.call(
             lambda: self.client.set_terminated(self.run_id, status=status), "close the run"
         )

@@ -23,6 +23,7 @@ from studylib.names import (
     RUN_SEED_TAG,
     STATUS_TAG,
 )
+from studylib.tracking.records import RecordedRun, Recorder
 from studylib.tracking.store import Run, Tracker, TrackingUnavailable, environment_tags
 from studylib.train import TrainResult
 
@@ -33,7 +34,7 @@ def group_tags(exp: Experiment) -> dict[str, str]:
 
 def start_trial_run(
     exp: Experiment,
-    tracker: Tracker,
+    tracker: Tracker | Recorder,
     run_name: str,
     tags: dict[str, str],
     parent_id: str | None,
@@ -42,7 +43,7 @@ def start_trial_run(
     device: torch.device,
     optuna_params: dict[str, Any] | None = None,
     link: Callable[[str], None] | None = None,
-) -> Run:
+) -> Run | RecordedRun:
     """The MLflow run of one trial, with its tags and its full resolved config as params.
 
     `optuna_params`: the trial's own Optuna parameters (`l1_on`, ...), logged as `optuna.*`:
@@ -65,7 +66,7 @@ def start_trial_run(
         },
         parent_id=parent_id,
     )
-    if link is not None:
+    if link is not None and run.run_id is not None:  # a recorded run: its writer links it
         link(run.run_id)
     params: dict[str, Any] = {**exp.flat(), "model.parameters": parameters}
     params.update({f"optuna.{name}": value for name, value in (optuna_params or {}).items()})
@@ -74,7 +75,10 @@ def start_trial_run(
 
 
 def close_trial_run(
-    run: Run, exp: Experiment, result: TrainResult, data_metrics: dict[str, float] | None = None
+    run: Run | RecordedRun,
+    exp: Experiment,
+    result: TrainResult,
+    data_metrics: dict[str, float] | None = None,
 ) -> None:
     """Record how a trial ended: curve, final metrics, config and weights; FAILED if diverged.
 
@@ -100,7 +104,7 @@ def close_trial_run(
     run.finish("FINISHED")
 
 
-def close_interrupted_run(run: Run, exc: BaseException) -> None:
+def close_interrupted_run(run: Run | RecordedRun, exc: BaseException) -> None:
     """Close the run of a trial that training left by an exception: pruned, killed or crashed."""
     if isinstance(exc, TrackingUnavailable):
         return  # nothing more can be written

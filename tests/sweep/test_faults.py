@@ -36,6 +36,17 @@ def test_kill9_mid_population_then_resume(tmp_path, workers, population):
     assert outcome.numbers["done"] == 4 * workers * population
 
 
+@pytest.mark.parametrize("both", [False, True], ids=["writer", "writer-and-trainer"])
+def test_kill9_of_the_writer_alone_or_with_its_trainer(tmp_path, both):
+    """Issue 17: the records of finished trials are written by a process of their own; killing
+    it (and its trainer) loses nothing told and leaves nothing RUNNING."""
+    outcome = faults.writer_kill(tmp_path, both=both)
+    assert outcome.ok, explain(outcome)
+    assert outcome.lost == 0 and outcome.numbers["done"] == 6
+    assert outcome.numbers["completed_before"] >= 2  # there was something to lose
+    assert outcome.numbers["exit"] == (-9 if both else 0)
+
+
 def test_four_workers_started_together_on_fresh_files(tmp_path):
     outcome = faults.workers_together(tmp_path, n=4, total=8)
     assert outcome.ok, explain(outcome)

@@ -262,7 +262,9 @@ def test_tracking_outage_mid_sweep_keeps_optuna_consistent_and_resume_names_gaps
 
     monkeypatch.setattr(Run, "finish", finish)
     monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
-    quick = dataclasses.replace(settings, tracking_retry_seconds=0.3)
+    # The writer as a thread: the patches above reach this process only (the writer process
+    # against a real server that stops: tests/sweep/test_faults.py, slow).
+    quick = dataclasses.replace(settings, tracking_retry_seconds=0.3, writer="thread")
     with pytest.raises(TrackingUnavailable, match="trial 1 is marked FAIL"):
         run_sweep(tiny, quick, trials=3)
     study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
