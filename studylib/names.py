@@ -37,6 +37,7 @@ RELOGGED_TAG = "studylib.relogged_from"
 
 # Written at report time or by the sweep's bookkeeping, read by the MLflow UI
 BEST_TAG = "studylib.best"  # "true" on the study's current best trial run (moved when beaten)
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: setting it renames a run (a pruned trial)
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's or experiment's description
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's own: which page the UI opens on
 # "custom_model_development": the runs table; without it an experiment of only runs opens on

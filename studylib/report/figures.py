@@ -116,6 +116,26 @@ def _log_ticks(ax, spec: dict, with_off: bool) -> None:
     ax.set_xlim((low - OFF_GAP - 0.3) if with_off else low - 0.2, high + 0.2)
 
 
+def run_curves(curves: pd.DataFrame, title: str, path: Path) -> None:
+    """One run's train and validation loss (and accuracy, where logged) on one figure: the
+    `curves.png` a run carries in MLflow, where its metrics tab draws each key apart."""
+    _theme()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, (kind, label) in zip(
+        axes, (("loss", "cross-entropy"), ("acc", "accuracy")), strict=True
+    ):
+        for split, color in (("train", "#1f77b4"), ("val", "#ff7f0e")):
+            series = curves[curves["key"] == f"{split}/{kind}"]
+            if not series.empty:
+                ax.plot(series["epoch"], series["value"], color=color, label=f"{split}/{kind}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def loss_vs_hyperparameters(trials: pd.DataFrame, search: dict, path: Path) -> str:
     """Validation loss of each finished trial against each swept hyperparameter."""
     _theme()
@@ -534,8 +554,11 @@ def family_test_accuracy(groups, path: Path) -> str:
 
 def tokenizer_label(runs: pd.DataFrame) -> pd.Categorical:
     """ "char", "bpe 1000" (BPE with its vocabulary size knob), "word": finest units first."""
-    kind = runs["data.tokenizer"].astype(str)
-    size = pd.to_numeric(runs["data.vocab_size"], errors="coerce").fillna(0).astype(int)
+    # Runs log only the data fields their data set reads: spelling has no tokenizer param (it
+    # always spells in characters), and vocab_size is logged under BPE (or for spelling) only.
+    blank = pd.Series(index=runs.index, dtype=object)
+    kind = runs.get("data.tokenizer", blank).fillna("char").astype(str)
+    size = pd.to_numeric(runs.get("data.vocab_size", blank), errors="coerce").fillna(0).astype(int)
     label = kind.where(kind != "bpe", "bpe " + size.astype(str))
     rank = {"char": 0, "bpe": 1, "word": 2}
     pairs = sorted(

@@ -18,6 +18,7 @@ import html
 import json
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +29,9 @@ from mlflow import MlflowClient
 from studylib.config import ARMS, SEARCHABLE, SearchRange
 from studylib.errors import ConfigError
 from studylib.locations import Location
-from studylib.names import GROUP_TAG, ROLE_TAG
+from studylib.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
-from studylib.report import figures, links
+from studylib.report import charts, figures, links
 from studylib.report.claims import (
     ACCURACY,
     FAMILIES,
@@ -60,6 +61,7 @@ SWEEP_KEYS = ("train/loss", "val/loss")
 ARM_KEYS = (
     "train/loss",
     "val/loss",
+    "train/acc",
     "val/acc",
     "weights/sparsity",
     "weights/l2_norm",
@@ -175,7 +177,33 @@ def write_reports(
         for (_, members, detail), page in zip(pages, written, strict=True):
             if detail:
                 attach_report(tracking_uri, members[0], page.index.parent)
+                attach_run_curves(tracking_uri, page.runs, page.curves)
     return [landing, *(page.index for page in written)]
+
+
+CURVES_PNG = "curves.png"
+
+
+def attach_run_curves(tracking_uri: str, runs: pd.DataFrame, curves: pd.DataFrame) -> int:
+    """Give each run whose curves the report read (baselines, best trials, arm runs) a
+    `curves.png` artifact: train beside validation on one figure, which MLflow's metrics tab
+    draws as separate charts. Drawn here, at report time, never on the training path; a run
+    that has one keeps it. Returns how many were drawn."""
+    client = MlflowClient(tracking_uri)
+    drawn = 0
+    for run_id, mine in curves.groupby("run_id"):
+        if any(a.path == CURVES_PNG for a in client.list_artifacts(run_id)):
+            continue
+        row = runs[runs["run_id"] == run_id]
+        title = run_label(row.iloc[0]) if not row.empty else run_id
+        if not row.empty and row["role"].iloc[0] == "arm":
+            title = f"arm {row['arm'].iloc[0]}, seed {int(row['seed'].iloc[0])}"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / CURVES_PNG
+            figures.run_curves(mine, title, path)
+            client.log_artifact(run_id, str(path))
+        drawn += 1
+    return drawn
 
 
 def write_landing(out: Path, written: list[Written], tracking_uri: str) -> Path:
@@ -213,6 +241,8 @@ def attach_report(tracking_uri: str, experiment: str, folder: Path) -> None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return
+    if EXPERIMENT_KIND_TAG not in found.tags:  # a study tracked before sweeps set it
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     for role in ("sweep", "ablation"):
         parents = client.search_runs(
             [found.experiment_id],
@@ -243,6 +273,8 @@ class Written:
     index: Path
     title: str
     headline: str  # the page's first sentence: what regularization did, or what it holds
+    runs: pd.DataFrame  # the finished runs it was written from
+    curves: pd.DataFrame  # the curves it read (baseline, best trial, every arm run)
 
 
 def _write_report(
@@ -279,6 +311,7 @@ def _write_report(
         if not set(arms["arm"]) <= {"baseline"}:  # something to compare the baseline with
             results[key] = evaluate_claims(arms, curves)
     ui = links.ui_base(tracking_uri)
+    chart_page = charts.Page() if charts.available() else None
     sections = []
     lead: list[Block] = []
     if detail:
@@ -307,7 +340,7 @@ def _write_report(
         sections.append(oov)
     for (experiment, arch), group in groups if detail else []:
         prefix = f"{experiment}-{arch}"
-        sections += sweep_sections(group, curves, folder, prefix, ui)
+        sections += sweep_sections(group, curves, folder, prefix, ui, chart_page)
         sections += ablation_sections(group, curves, folder, prefix)
     problems = runs[runs["status"].isin(PROBLEMS) | (runs["mlflow_status"] == "RUNNING")]
     if not problems.empty:
@@ -328,7 +361,7 @@ def _write_report(
     index = folder / "index.html"
     index.write_text(render_html(title, intro, sections, folder, home=home, lead=lead))
     texts = [b.text for b in lead if b.text]
-    return Written(index, title, texts[0] if texts else intro)
+    return Written(index, title, texts[0] if texts else intro, finished, curves)
 
 
 def sweep_headline(key: tuple[str, str], trials: pd.DataFrame) -> str:
@@ -824,7 +857,12 @@ def oov_section(tracking_uri: str, experiments: list[str], folder: Path) -> Sect
 
 
 def sweep_sections(
-    group: pd.DataFrame, curves, folder: Path, prefix: str, ui: str = links.LOCAL_UI
+    group: pd.DataFrame,
+    curves,
+    folder: Path,
+    prefix: str,
+    ui: str = links.LOCAL_UI,
+    chart_page: charts.Page | None = None,
 ) -> list[Section]:
     trials = group[group["role"] == "trial"]
     if trials.empty:
@@ -846,9 +884,20 @@ def sweep_sections(
         )
     )
     png = f"{prefix}-hparams.png"
-    section.blocks.append(
-        Block(figures.loss_vs_hyperparameters(trials, search, folder / png), png=png)
-    )
+    caption = figures.loss_vs_hyperparameters(trials, search, folder / png)
+    hparams = Block(caption, png=png)
+    section.blocks.append(hparams)
+    if chart_page is not None:
+        hparams.chart = charts.sweep_scatter(trials, search, ui, chart_page, f"{prefix}-scatter")
+        hparams.caption += " Interactive: hover a point for the trial, click to open its run."
+        section.blocks.append(
+            Block(
+                caption="Every finished sweep trial as one line across its hyperparameters "
+                "(log-scaled ranges on log10 axes, 'off' one decade below) and its validation "
+                "loss, coloured by that loss. Drag along an axis to select a range.",
+                chart=charts.parallel_coordinates(trials, search, chart_page, f"{prefix}-parallel"),
+            )
+        )
     png = f"{prefix}-heatmap.png"
     caption = figures.dropout_l2_heatmap(trials, search, folder / png)
     if caption:
@@ -1192,18 +1241,27 @@ def render_html(
     )
 
 
+def _figure_html(block: Block, folder: Path) -> str:
+    data = base64.b64encode((folder / block.png).read_bytes()).decode()
+    meta = "".join(f" data-{key}='{html.escape(value)}'" for key, value in block.meta.items())
+    return (
+        f"<figure data-png='{html.escape(block.png)}'{meta}><img "
+        f"alt='{html.escape(block.png)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption class='caption'>{html.escape(block.caption)}</figcaption></figure>"
+    )
+
+
 def _block_html(block: Block, folder: Path, lead: bool = False) -> str:
     caption = f"<div class='caption'>{html.escape(block.caption)}</div>"
     if block.chart:
-        return f"<div class='chart'>{block.chart}</div>{caption}"
-    if block.png:
-        data = base64.b64encode((folder / block.png).read_bytes()).decode()
-        meta = "".join(f" data-{key}='{html.escape(value)}'" for key, value in block.meta.items())
-        return (
-            f"<figure data-png='{html.escape(block.png)}'{meta}><img "
-            f"alt='{html.escape(block.png)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption class='caption'>{html.escape(block.caption)}</figcaption></figure>"
+        static = (
+            f"<details><summary>static figure</summary>{_figure_html(block, folder)}</details>"
+            if block.png
+            else ""
         )
+        return f"<div class='chart'>{block.chart}</div>{caption}{static}"
+    if block.png:
+        return _figure_html(block, folder)
     if block.table is not None:
         if block.table.empty:
             return f"<p>{html.escape(EMPTY_TABLE)}</p>{caption}"
