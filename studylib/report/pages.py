@@ -222,7 +222,8 @@ def write_landing(out: Path, written: list[Written], tracking_uri: str) -> Path:
         "on what regularization did (paired differences against the baseline, with verdicts); "
         "group pages set studies side by side.</p>"
         f"<ul class='reports'>{''.join(items)}</ul>"
-        f"<p class='links'><a href='{html.escape(ui)}/'>MLflow UI</a> (for a local store, start "
+        f"<p class='links'><a href='{html.escape(links.home_url(ui))}'>MLflow UI</a> (for a "
+        "local store, start "
         "it first: <code>make ui</code>)</p>"
     )
     path = Path(out) / "index.html"
@@ -394,8 +395,9 @@ def mlflow_links(finished: pd.DataFrame, ui: str) -> list[Block]:
     found = []
     for experiment, group in finished.groupby("experiment", sort=True):
         experiment_id = str(group["experiment_id"].iloc[0])
-        pairs = [(f"{experiment}: runs in MLflow", links.experiment_url(ui, experiment_id))]
         trials = group[group["role"] == "trial"]
+        role = "trial" if not trials.empty else "arm"
+        pairs = [(f"{experiment}: runs in MLflow", links.experiment_url(ui, experiment_id, role))]
         if not trials.empty:
             best = trials.loc[trials["selected_val_loss"].idxmin()]
             ids = [*trials.loc[trials["baseline"], "run_id"], best["run_id"]]
