@@ -29,7 +29,6 @@ $(VENV)/.installed: pyproject.toml
 
 setup-browser: ## install Debian's chromium for the report's browser test (needs apt, root)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dashboard,charts]"
 
 sweep: setup ## run or resume the studies in $(EXPERIMENTS) on sqlite:///mlflow.db + optuna.journal
 	for experiment in $(EXPERIMENTS); do $(BIN)/studylib sweep $$experiment $(ARGS) || exit $$?; done
