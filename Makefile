@@ -12,7 +12,7 @@ EXPERIMENTS ?= experiments/default.toml experiments/depth.toml
 ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup setup-browser setup-engines sweep ui report test test-slow test-engines faults lint format clean bench gpu-check
+.PHONY: help setup setup-browser setup-engines sweep ui report dashboard test test-slow test-browser test-engines faults lint format clean bench gpu-check
 
 help: ## list the targets
 	@echo "studylib: make TARGET [EXPERIMENTS=experiments/x.toml] [ARGS='--trials 50']"
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,charts]"
 	touch $@
 
 setup-browser: ## install Debian's chromium for the report's browser test (needs apt, root)
@@ -36,14 +36,21 @@ sweep: setup ## run or resume the studies in $(EXPERIMENTS) on sqlite:///mlflow.
 ui: setup ## the MLflow UI over mlflow.db on http://127.0.0.1:5000
 	$(BIN)/studylib ui $(ARGS)
 
-report: setup ## write reports/<study>/index.html and report.md from what MLflow holds
+report: setup ## write reports/index.html (open it first) and a page per study from MLflow
 	$(BIN)/studylib report $(ARGS)
+
+dashboard: setup ## optuna-dashboard over optuna.journal on http://127.0.0.1:8080
+	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dashboard]"
+	$(BIN)/studylib dashboard $(ARGS)
 
 test: setup ## the default test suite (leaves out slow and gpu tests)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-slow: setup ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+test-browser: setup setup-browser ## real Chromium: every report page, and the MLflow UI under studylib ui
+	STUDYLIB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m browser $(ARGS)
 
 setup-engines: setup ## Debian's Slurm + munge (apt, root) and the slurm and ray extras in .venv
 	command -v slurmctld >/dev/null && command -v munged >/dev/null || (apt-get update -qq && \

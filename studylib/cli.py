@@ -1,4 +1,4 @@
-"""Command line: `studylib sweep | train | report | ui` (also `python -m studylib`)."""
+"""Command line: `studylib sweep | train | report | ui | dashboard` (also `python -m studylib`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from studylib.config import (
 )
 from studylib.errors import ConfigError, Incomplete, disk_full
 from studylib.locations import parse_storage, parse_tracking_uri
+from studylib.names import UI_PORT
 from studylib.redact import install_log_filter, redact, remember
 
 if TYPE_CHECKING:
@@ -172,11 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_args(train, workers=False)
     train.set_defaults(handler=cmd_train)
 
-    report = commands.add_parser("report", help="write the comparison report from MLflow")
+    report = commands.add_parser(
+        "report",
+        help="write the comparison report from MLflow",
+        description="Write reports/index.html (the landing page: open it first) and one page "
+        "per study (reports/<study>/index.html, self-contained, with report.md beside it): what "
+        "regularization did, paired differences against the baseline with verdicts, then the "
+        "sweep and ablation figures, with links into the MLflow UI. Everything is read back "
+        "from the tracking store; each study's report is also attached to its newest sweep run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     report.add_argument(
         "--experiment",
         action="append",
-        help="MLflow experiment (study) name, repeatable; default: every study in the store",
+        help="MLflow experiment (study) name, repeatable (default: every study in the store)",
     )
     report.add_argument(
         "--group", help="only this study group's side-by-side report (and its members')"
@@ -186,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         default=DEFAULTS.storage,
         help="the Optuna storage the sweeps used: the report lists every trial it holds, "
-        f"those without an MLflow run too (default {DEFAULTS.storage}; skipped if absent)",
+        "those without an MLflow run too (skipped if absent)",
+    )
+    report.add_argument(
+        "--no-attach",
+        dest="attach",
+        action="store_false",
+        help="write nothing back to MLflow (no report artifact, no per-run curves.png)",
     )
     _add_backend_args(report)
     report.set_defaults(handler=cmd_report)
@@ -194,8 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="the MLflow UI over the same backend, on 127.0.0.1")
     _add_backend_args(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    ui.add_argument("--port", type=_port, default=5000)
+    ui.add_argument("--port", type=_port, default=UI_PORT, help=f"(default {UI_PORT})")
     ui.set_defaults(handler=cmd_ui)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="optuna-dashboard over the Optuna storage, on 127.0.0.1 (the dashboard extra)",
+    )
+    dashboard.add_argument(
+        "--storage",
+        default=DEFAULTS.storage,
+        help=f"Optuna storage: a journal file path or a database URL (default {DEFAULTS.storage})",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="(default 8080)")
+    dashboard.set_defaults(handler=cmd_dashboard, tracking_uri="")
     return parser
 
 
@@ -571,9 +600,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError(f"--storage = {storage.redacted}: no such file")
         storage = None
     written = write_reports(
-        args.tracking_uri, args.out, args.experiment, args.group, storage=storage
+        args.tracking_uri,
+        args.out,
+        args.experiment,
+        args.group,
+        storage=storage,
+        attach=args.attach,
     )
-    for path in written:
+    # The page to open first, first; then every page written.
+    print(f"open {written[0].resolve().as_uri()}", flush=True)
+    for path in written[1:]:
         print(f"wrote {path}")
     return 0
 
@@ -592,11 +628,33 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
+    print(f"open http://{_url_host(args.host)}:{args.port} (the MLflow UI; Ctrl-C stops it)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"studylib: the MLflow UI will be reachable from other machines via {args.host}")
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    sys.stdout.flush()
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from studylib.sweep.dashboard import name_objectives, serve  # start-up cost: see main
+    from studylib.sweep.storage import make_storage  # start-up cost: see main
+
+    location = parse_storage(args.storage)
+    if location.path is not None and not location.path.is_file():
+        raise ConfigError(f"--storage = {location.redacted}: no such file; run `make sweep` first")
+    storage = make_storage(args.storage)
+    name_objectives(storage)
+    print(f"open http://{_url_host(args.host)}:{args.port} (optuna-dashboard; Ctrl-C stops it)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"studylib: the dashboard will be reachable from other machines via {args.host}")
+    sys.stdout.flush()
+    serve(storage, args.host, args.port)
+    return 0
 
 
 if __name__ == "__main__":

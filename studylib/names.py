@@ -35,6 +35,16 @@ COMPILE_TAG = "studylib.compile"
 # "optuna": a run re-made from what Optuna holds after the trial's own run was lost
 RELOGGED_TAG = "studylib.relogged_from"
 
+# Written at report time or by the sweep's bookkeeping, read by the MLflow UI
+BEST_TAG = "studylib.best"  # "true" on the study's current best trial run (moved when beaten)
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: setting it renames a run (a pruned trial)
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's or experiment's description
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's own: which page the UI opens on
+# "custom_model_development": the runs table; without it an experiment of only runs opens on
+# the GenAI traces page (seen with MLflow 3.17, whose UI reads this experiment tag).
+EXPERIMENT_KIND = "custom_model_development"
+UI_PORT = 5000  # `studylib ui` / `make ui`: the address reports link to for a local store
+
 # Optuna trial and study user attributes
 # {"host", "boot", "pid", "started"} of the worker running a trial or a sweep; a launched
 # sweep's parent run is owned by its job instead: {"engine", "job", "where"} (sweep/owners.py)

@@ -83,7 +83,7 @@ def test_group_sweeps_every_family_and_reports_them_side_by_side(shared, tmp_pat
 
     written = write_reports(shared.tracking_uri, tmp_path / "reports", group="families")
     group_page = tmp_path / "reports" / "group-families" / "index.html"
-    assert group_page in written and len(written) == 1 + len(members)
+    assert group_page in written and len(written) == 2 + len(members)  # + the landing page
     page = group_page.read_text()
     assert page.count("data:image/png;base64,") == 2  # families.png and families-test.png
     markdown = (group_page.parent / "report.md").read_text()

@@ -17,6 +17,8 @@ import base64
 import html
 import json
 import math
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +29,9 @@ from mlflow import MlflowClient
 from studylib.config import ARMS, SEARCHABLE, SearchRange
 from studylib.errors import ConfigError
 from studylib.locations import Location
-from studylib.names import GROUP_TAG, ROLE_TAG
+from studylib.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
-from studylib.report import figures, lecture
+from studylib.report import charts, figures, lecture, links
 from studylib.report.claims import (
     ACCURACY,
     FAMILIES,
@@ -61,6 +63,7 @@ SWEEP_KEYS = ("train/loss", "val/loss")
 ARM_KEYS = (
     "train/loss",
     "val/loss",
+    "train/acc",
     "val/acc",
     "weights/sparsity",
     "weights/l2_norm",
@@ -71,18 +74,32 @@ ARM_KEYS = (
 
 @dataclass
 class Block:
-    """A figure (png file name), a table, or a paragraph, with its caption."""
+    """A figure (png file name), a table, a paragraph, or a line of links, with its caption.
+
+    `meta`: facts about a figure that the page records as data-* attributes of its <figure>
+    (the heatmap's row order, the arm panels' x-limits), for a reader's script or a test.
+    `chart`: an interactive chart's HTML (charts.py), shown in the HTML page in place of the
+    PNG, which stays for the Markdown twin. `links`: (label, URL) pairs, into the MLflow UI.
+    """
 
     caption: str = ""
     png: str | None = None
     table: pd.DataFrame | None = None
     text: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    chart: str | None = None
+    links: list[tuple[str, str]] = field(default_factory=list)
+    lead: bool = False  # shown above the contents, on the page's first screen
 
 
 @dataclass
 class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
 
 
 def study_names(tracking_uri: str) -> list[str]:
@@ -114,13 +131,17 @@ def write_reports(
     experiments: list[str] | None = None,
     group: str | None = None,
     storage: Location | None = None,
+    attach: bool = True,
 ) -> list[Path]:
     """One report per study; one side-by-side report per study group (`group-<name>/`) and,
-    with several studies and no group asked for, one comparing them all. With the Optuna
-    `storage`, each lists the trials Optuna holds that have no MLflow run (completeness.py)."""
+    with several studies and no group asked for, one comparing them all; `out/index.html`,
+    the landing page, links them all (first in the returned list). With the Optuna `storage`,
+    each lists the trials Optuna holds that have no MLflow run (completeness.py). `attach`:
+    each study's report is also logged to its newest sweep and ablation parent runs."""
     out = Path(out)
     studies = study_names(tracking_uri)
     groups = study_groups(tracking_uri)
+    home = "../index.html"
     if group is not None:
         if group not in groups:
             known = ", ".join(groups) or "none"
@@ -131,26 +152,109 @@ def write_reports(
         if not members:
             raise ConfigError(f"--group {group}: no member has finished runs; run its sweep first")
         names = list(experiments) if experiments else members
-        written = [
-            write_report(tracking_uri, [name], out / name, storage=storage) for name in names
-        ]
-        written.append(write_report(tracking_uri, members, out / f"group-{group}", detail=False))
-        return written
-    names = list(experiments) if experiments else studies
-    if not names:
-        raise ConfigError(f"{redact(tracking_uri)}: no studylib runs found; run `make sweep` first")
-    written = [write_report(tracking_uri, [name], out / name, storage=storage) for name in names]
-    if not experiments:
-        for name, members in groups.items():
-            present = [s for s in members if s in studies]
-            if present:
-                written.append(
-                    write_report(tracking_uri, present, out / f"group-{name}", detail=False)
-                )
-    if len(names) > 1:
-        combined = "+".join(names) if experiments else "all-studies"
-        written.append(write_report(tracking_uri, names, out / combined, detail=False))
-    return written
+        pages = [(name, [name], True) for name in names]
+        pages.append((f"group-{group}", members, False))
+    else:
+        names = list(experiments) if experiments else studies
+        if not names:
+            raise ConfigError(
+                f"{redact(tracking_uri)}: no studylib runs found; run `make sweep` first"
+            )
+        pages = [(name, [name], True) for name in names]
+        if not experiments:
+            for name, members in groups.items():
+                present = [s for s in members if s in studies]
+                if present:
+                    pages.append((f"group-{name}", present, False))
+        if len(names) > 1:
+            pages.append(("+".join(names) if experiments else "all-studies", names, False))
+    written = [
+        _write_report(
+            tracking_uri, members, out / folder, detail, storage if detail else None, home
+        )
+        for folder, members, detail in pages
+    ]
+    landing = write_landing(out, written, tracking_uri)
+    if attach:
+        for (_, members, detail), page in zip(pages, written, strict=True):
+            if detail:
+                attach_report(tracking_uri, members[0], page.index.parent)
+                attach_run_curves(tracking_uri, page.runs, page.curves)
+    return [landing, *(page.index for page in written)]
+
+
+CURVES_PNG = "curves.png"
+
+
+def attach_run_curves(tracking_uri: str, runs: pd.DataFrame, curves: pd.DataFrame) -> int:
+    """Give each run whose curves the report read (baselines, best trials, arm runs) a
+    `curves.png` artifact: train beside validation on one figure, which MLflow's metrics tab
+    draws as separate charts. Drawn here, at report time, never on the training path; a run
+    that has one keeps it. Returns how many were drawn."""
+    client = MlflowClient(tracking_uri)
+    drawn = 0
+    for run_id, mine in curves.groupby("run_id"):
+        if any(a.path == CURVES_PNG for a in client.list_artifacts(run_id)):
+            continue
+        row = runs[runs["run_id"] == run_id]
+        title = run_label(row.iloc[0]) if not row.empty else run_id
+        if not row.empty and row["role"].iloc[0] == "arm":
+            title = f"arm {row['arm'].iloc[0]}, seed {int(row['seed'].iloc[0])}"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / CURVES_PNG
+            figures.run_curves(mine, title, path)
+            client.log_artifact(run_id, str(path))
+        drawn += 1
+    return drawn
+
+
+def write_landing(out: Path, written: list[Written], tracking_uri: str) -> Path:
+    """`out/index.html`: every report of this run with its first sentence, and the MLflow UI."""
+    items = []
+    for page in written:
+        href = f"{page.index.parent.name}/index.html"
+        items.append(
+            f"<li><a href='{html.escape(href)}'><strong>{html.escape(page.title)}</strong></a>"
+            f"<br><span>{html.escape(page.headline)}</span></li>"
+        )
+    ui = links.ui_base(tracking_uri)
+    body = (
+        "<h1>Regularization studies: reports</h1>"
+        f"<p>Written from MLflow ({html.escape(redact(tracking_uri))}). Each study's page opens "
+        "on what regularization did (paired differences against the baseline, with verdicts); "
+        "group pages set studies side by side.</p>"
+        f"<ul class='reports'>{''.join(items)}</ul>"
+        f"<p class='links'><a href='{html.escape(links.home_url(ui))}'>MLflow UI</a> (for a "
+        "local store, start "
+        "it first: <code>make ui</code>)</p>"
+    )
+    path = Path(out) / "index.html"
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Regularization studies</title>"
+        f"<style>{STYLE}ul.reports li{{margin-bottom:.8em}}</style></head><body>{body}"
+        "</body></html>"
+    )
+    return path
+
+
+def attach_report(tracking_uri: str, experiment: str, folder: Path) -> None:
+    """Log a study's report folder as the artifact `report/` of its newest sweep and ablation
+    parent runs, where the MLflow UI shows it beside the runs it was written from."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    if EXPERIMENT_KIND_TAG not in found.tags:  # a study tracked before sweeps set it
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for role in ("sweep", "ablation"):
+        parents = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = '{role}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if parents:
+            client.log_artifacts(parents[0].info.run_id, str(folder), "report")
 
 
 def write_report(
@@ -159,9 +263,31 @@ def write_report(
     folder: Path,
     detail: bool = True,
     storage: Location | None = None,
+    home: str | None = None,
 ) -> Path:
     """The report of one or several studies; `detail=False` keeps to the side-by-side view
-    (leaderboard, claims, architectures compared), leaving each study's sections to its own."""
+    (leaderboard, claims, architectures compared), leaving each study's sections to its own.
+    `home`: the landing page's URL relative to the page (write_reports writes one)."""
+    return _write_report(tracking_uri, experiments, folder, detail, storage, home).index
+
+
+@dataclass
+class Written:
+    index: Path
+    title: str
+    headline: str  # the page's first sentence: what regularization did, or what it holds
+    runs: pd.DataFrame  # the finished runs it was written from
+    curves: pd.DataFrame  # the curves it read (baseline, best trial, every arm run)
+
+
+def _write_report(
+    tracking_uri: str,
+    experiments: list[str],
+    folder: Path,
+    detail: bool,
+    storage: Location | None,
+    home: str | None,
+) -> Written:
     runs = load_runs(experiments, tracking_uri)
     finished = runs[runs["status"].isin(FINISHED)] if not runs.empty else runs
     # Runs re-logged from Optuna have no curves to draw: they are listed apart (completeness.py).
@@ -187,13 +313,25 @@ def write_report(
         arms = group[group["role"] == "arm"]
         if not set(arms["arm"]) <= {"baseline"}:  # something to compare the baseline with
             results[key] = evaluate_claims(arms, curves)
+    ui = links.ui_base(tracking_uri)
+    chart_page = charts.Page() if charts.available() else None
     sections = []
+    lead: list[Block] = []
     if detail:
         parents = load_runs(experiments, tracking_uri, roles=("ablation",))
         for key, group in groups:
             if key in results:
                 summary = study_summary(key, group, results[key], parents)
-                sections.append(summary_section(summary, folder, design_notes.get(key[0], "")))
+                section = summary_section(summary, folder, design_notes.get(key[0], ""))
+                # The answer leads the page: its sentence and figure, above the contents.
+                lead += [b for b in section.blocks if b.lead]
+                section.blocks = [b for b in section.blocks if not b.lead]
+                sections.append(section)
+        for key, group in groups:
+            trials = group[group["role"] == "trial"]
+            if key not in results and not trials.empty:
+                lead.append(Block(text=sweep_headline(key, trials)))
+        lead += mlflow_links(finished, ui)
     sections.append(leaderboard(groups))
     claims = claims_section(groups, results, gradients, grad_curves, curves, design_notes)
     if claims is not None:
@@ -207,7 +345,7 @@ def write_report(
         sections.append(oov)
     for (experiment, arch), group in groups if detail else []:
         prefix = f"{experiment}-{arch}"
-        sections += sweep_sections(group, curves, folder, prefix)
+        sections += sweep_sections(group, curves, folder, prefix, ui, chart_page)
         sections += ablation_sections(group, curves, folder, prefix)
     problems = runs[runs["status"].isin(PROBLEMS) | (runs["mlflow_status"] == "RUNNING")]
     if not problems.empty:
@@ -224,10 +362,65 @@ def write_report(
     complete = completeness(runs, relogged, experiments, storage)
     intro += complete.note
     sections += [Section(title, [Block(caption, table=t)]) for title, caption, t in complete.tables]
-    (folder / "report.md").write_text(render_markdown(title, intro, sections))
+    (folder / "report.md").write_text(render_markdown(title, intro, sections, lead))
     index = folder / "index.html"
-    index.write_text(render_html(title, intro, sections, folder))
-    return index
+    index.write_text(render_html(title, intro, sections, folder, home=home, lead=lead))
+    texts = [b.text for b in lead if b.text]
+    return Written(index, title, texts[0] if texts else intro, finished, curves)
+
+
+def sweep_headline(key: tuple[str, str], trials: pd.DataFrame) -> str:
+    """A sweep-only study's first sentence: its best trial against its baseline."""
+    experiment, arch = key
+    best = trials.loc[trials["selected_val_loss"].idxmin()]
+    base = trials[trials["baseline"]]
+    against = (
+        f" against the unregularized baseline's {base['test_acc'].iloc[0]:.4f}"
+        if not base.empty
+        else " (no baseline trial finished)"
+    )
+    return (
+        f"{experiment} / {arch}: over {len(trials)} finished sweep trials, the one with the "
+        f"lowest validation loss ({run_label(best)}) reached test accuracy "
+        f"{best['test_acc']:.4f}{against}; one seed each, so no verdict: an ablation over seeds "
+        "gives one."
+    )
+
+
+def run_label(run) -> str:
+    """ "trial 27: dropout 0.10, l2 7.9e-3", from a `load_runs` row (the run's own name)."""
+    name = run.get("tag:mlflow.runName") if hasattr(run, "get") else None
+    return str(name) if isinstance(name, str) and name else f"trial {int(run['trial'])}"
+
+
+def mlflow_links(finished: pd.DataFrame, ui: str) -> list[Block]:
+    """Per study: its runs table in the MLflow UI and, for a sweep, the compare view of its
+    baseline and best trials."""
+    found = []
+    for experiment, group in finished.groupby("experiment", sort=True):
+        experiment_id = str(group["experiment_id"].iloc[0])
+        trials = group[group["role"] == "trial"]
+        role = "trial" if not trials.empty else "arm"
+        pairs = [(f"{experiment}: runs in MLflow", links.experiment_url(ui, experiment_id, role))]
+        if not trials.empty:
+            best = trials.loc[trials["selected_val_loss"].idxmin()]
+            ids = [*trials.loc[trials["baseline"], "run_id"], best["run_id"]]
+            pairs.append(
+                (
+                    f"{experiment}: compare baseline and best trial",
+                    links.compare_url(ui, [experiment_id], list(dict.fromkeys(ids))),
+                )
+            )
+        arms = group[group["role"] == "arm"]
+        if not arms.empty and (arms["arm"] == "baseline").any():
+            pairs.append(
+                (
+                    f"{experiment}: compare ablation arms",
+                    links.compare_url(ui, [experiment_id], list(arms["run_id"])),
+                )
+            )
+        found.append(Block(links=pairs))
+    return found
 
 
 def one_design_per_study(finished: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -269,7 +462,21 @@ def leaderboard(groups) -> Section:
         if not arms.empty:
             base = arms[arms["arm"] == "baseline"]
             regularized = arms[arms["arm"] != "baseline"]
-            if regularized.empty:
+            if (
+                regularized.empty
+            ):  # a comparison of models (experiments/depth.toml), not of regularizers
+                rows.append(
+                    {
+                        "study": experiment,
+                        "arch": arch,
+                        "source": "ablation",
+                        **paper,
+                        "baseline test acc": _spread(base["test_acc"]),
+                        "best regularized": "none (baseline arm only)",
+                        "best test acc": "",
+                        "seeds": len(base),
+                    }
+                )
                 continue
             # The winning arm is chosen on validation loss; test accuracy is only reported.
             best_arm = regularized.groupby("arm")["selected_val_loss"].mean().idxmin()
@@ -303,6 +510,11 @@ def leaderboard(groups) -> Section:
                 }
             )
     n = sum(len(g) for _, g in groups)
+    if not rows:
+        return Section(
+            "Leaderboard: test accuracy",
+            [Block(text="No leaderboard: no study here has a finished baseline run.")],
+        )
     return Section(
         "Leaderboard: test accuracy",
         [
@@ -676,14 +888,22 @@ def summary_section(summary: StudySummary, folder: Path, design_note: str) -> Se
         f"Ablation design {summary.design or '(untagged)'}: evaluation seeds "
         f"{', '.join(str(s) for s in summary.seeds)}; {tuning}."
     )
-    blocks = [Block(text=summary.sentence), Block(text=design)]
+    blocks = [Block(text=summary.sentence, lead=True)]
+    if (summary.rows["n"] > 0).any():
+        png = f"{summary.study}-{summary.arch}-summary.png"
+        caption = figures.summary_differences(summary.rows, folder / png)
+        blocks.append(Block(caption, png=png, lead=True))
+    strengths = [
+        f"{r['arm']}: {r['strength']}" for _, r in summary.rows.iterrows() if r["strength"]
+    ]
+    if strengths:
+        blocks.append(Block(text="Strengths used: " + "; ".join(strengths) + ".", lead=True))
+    blocks += [Block(text=f"Warning: {w}", lead=True) for w in summary.warnings]
+    blocks.append(Block(text=design))
     if design_note:
         blocks.append(Block(text=design_note))
     if summary.power is not None:
         blocks.append(Block(text=summary.power.sentence()))
-    if (summary.rows["n"] > 0).any():
-        png = f"{summary.study}-{summary.arch}-summary.png"
-        blocks.append(Block(figures.summary_differences(summary.rows, folder / png), png=png))
     table = pd.DataFrame(
         {
             "arm": summary.rows["arm"],
@@ -710,7 +930,6 @@ def summary_section(summary: StudySummary, folder: Path, design_note: str) -> Se
             table=table,
         )
     )
-    blocks += [Block(text=f"Warning: {w}") for w in summary.warnings]
     return Section(f"{where}: summary", blocks)
 
 
@@ -723,27 +942,56 @@ def _interval(row, prefix: str) -> str:
     return f"{mean:+.4g} [{low:.4g}, {high:.4g}]"
 
 
-def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
+def family_runs(groups) -> pd.DataFrame:
+    """Per study and architecture, the runs its panel draws: a sweep's best trial and its
+    baseline trial; without a sweep, the ablation's baseline arm and its best regularized arm
+    (lowest mean validation loss over seeds), one seed each (the lowest seed number both ran)."""
     rows = []
     archs = [arch for (_, arch), _ in groups]
     for (experiment, arch), group in groups:
-        trials = group[group["role"] == "trial"]
-        if trials.empty:
-            continue
         # One panel per study: an arch in two studies (MNIST-1D and text) gets two panels.
         label = arch if archs.count(arch) == 1 else f"{arch} ({experiment})"
-        best = trials.loc[trials["selected_val_loss"].idxmin()]
-        rows.append({"arch": label, "which": "best", "run_id": best["run_id"]})
-        for _, base in trials[trials["baseline"]].iterrows():
+        trials = group[group["role"] == "trial"]
+        arms = group[group["role"] == "arm"]
+        if not trials.empty:
+            best = trials.loc[trials["selected_val_loss"].idxmin()]
+            rows.append({"arch": label, "which": "best", "run_id": best["run_id"]})
+            for _, base in trials[trials["baseline"]].iterrows():
+                rows.append({"arch": label, "which": "baseline", "run_id": base["run_id"]})
+        elif not arms.empty and (arms["arm"] == "baseline").any():
+            base = arms[arms["arm"] == "baseline"].sort_values("seed").iloc[0]
             rows.append({"arch": label, "which": "baseline", "run_id": base["run_id"]})
+            regularized = arms[(arms["arm"] != "baseline") & (arms["seed"] == base["seed"])]
+            if not regularized.empty:
+                best_arm = (
+                    arms[arms["arm"] != "baseline"]
+                    .groupby("arm")["selected_val_loss"]
+                    .mean()
+                    .idxmin()
+                )
+                pick = regularized[regularized["arm"] == best_arm]
+                if not pick.empty:
+                    rows.append({"arch": label, "which": "best", "run_id": pick["run_id"].iloc[0]})
+    return pd.DataFrame(rows, columns=["arch", "which", "run_id"])
+
+
+def families_section(groups, curves: pd.DataFrame, folder: Path) -> Section:
+    rows = family_runs(groups)
     section = Section("Architectures side by side")
-    if rows:
-        png = "families.png"
-        caption = figures.family_curves(pd.DataFrame(rows), curves, folder / png)
-        section.blocks.append(Block(caption, png=png))
-        png = "families-test.png"
-        caption = figures.family_test_accuracy(groups, folder / png)
-        section.blocks.append(Block(caption, png=png))
+    if rows["arch"].nunique() < 2:
+        section.blocks.append(
+            Block(
+                text="Nothing to set side by side: fewer than two of these studies have a "
+                "finished baseline run."
+            )
+        )
+        return section
+    png = "families.png"
+    caption = figures.family_curves(rows, curves, folder / png)
+    section.blocks.append(Block(caption, png=png))
+    png = "families-test.png"
+    caption = figures.family_test_accuracy(groups, folder / png)
+    section.blocks.append(Block(caption, png=png))
     return section
 
 
@@ -771,7 +1019,14 @@ def oov_section(tracking_uri: str, experiments: list[str], folder: Path) -> Sect
     )
 
 
-def sweep_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) -> list[Section]:
+def sweep_sections(
+    group: pd.DataFrame,
+    curves,
+    folder: Path,
+    prefix: str,
+    ui: str = links.LOCAL_UI,
+    chart_page: charts.Page | None = None,
+) -> list[Section]:
     trials = group[group["role"] == "trial"]
     if trials.empty:
         return []
@@ -786,16 +1041,32 @@ def sweep_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) -> li
         Block(figures.best_vs_baseline(curves, baseline, best, folder / png), png=png)
     )
     section.blocks.append(
-        Block(caption="Baseline against the best trial", table=_baseline_vs_best(baseline, best))
+        Block(
+            caption="Baseline against the best trial ('MLflow': the run's page in the MLflow UI).",
+            table=_baseline_vs_best(baseline, best, ui),
+        )
     )
     png = f"{prefix}-hparams.png"
-    section.blocks.append(
-        Block(figures.loss_vs_hyperparameters(trials, search, folder / png), png=png)
-    )
+    caption = figures.loss_vs_hyperparameters(trials, search, folder / png)
+    hparams = Block(caption, png=png)
+    section.blocks.append(hparams)
+    if chart_page is not None:
+        hparams.chart = charts.sweep_scatter(trials, search, ui, chart_page, f"{prefix}-scatter")
+        hparams.caption += " Interactive: hover a point for the trial, click to open its run."
+        section.blocks.append(
+            Block(
+                caption="Every finished sweep trial as one line across its hyperparameters "
+                "(log-scaled ranges on log10 axes, 'off' one decade below) and its validation "
+                "loss, coloured by that loss. Drag along an axis to select a range.",
+                chart=charts.parallel_coordinates(trials, search, chart_page, f"{prefix}-parallel"),
+            )
+        )
     png = f"{prefix}-heatmap.png"
     caption = figures.dropout_l2_heatmap(trials, search, folder / png)
     if caption:
-        section.blocks.append(Block(caption, png=png))
+        grid, _ = figures.heatmap_grid(trials, search)
+        meta = {"rows": json.dumps([str(r) for r in grid.index])}
+        section.blocks.append(Block(caption, png=png, meta=meta))
     importances = fanova(trials, search)
     if importances:
         png = f"{prefix}-importance.png"
@@ -809,8 +1080,8 @@ def sweep_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) -> li
     section.blocks.append(
         Block(
             caption=f"Every finished sweep trial ({len(trials)}), by validation loss of the kept "
-            "weights.",
-            table=trial_table(trials, search),
+            "weights; 'MLflow' opens the trial's run.",
+            table=trial_table(trials, search, ui),
         )
     )
     return [section]
@@ -850,7 +1121,7 @@ def fanova(trials: pd.DataFrame, search: dict) -> dict[str, float]:
         return {}
 
 
-def _baseline_vs_best(baseline, best) -> pd.DataFrame:
+def _baseline_vs_best(baseline, best, ui: str = links.LOCAL_UI) -> pd.DataFrame:
     rows = {}
     for label, run in (("baseline", baseline), ("best trial", best)):
         if run is None:
@@ -864,11 +1135,12 @@ def _baseline_vs_best(baseline, best) -> pd.DataFrame:
             "gap (loss)": run["gap_loss"],
             "gap (acc)": run["gap_acc"],
             "test acc": run["test_acc"],
+            "MLflow": links.run_url(ui, str(run["experiment_id"]), run["run_id"]),
         }
     return pd.DataFrame(rows).T.reset_index(names="run")
 
 
-def trial_table(trials: pd.DataFrame, search: dict) -> pd.DataFrame:
+def trial_table(trials: pd.DataFrame, search: dict, ui: str = links.LOCAL_UI) -> pd.DataFrame:
     columns = {"trial": "trial", "status": "status"}
     columns.update({SEARCHABLE[n]: n for n in SEARCHABLE if n in search})
     columns.update(
@@ -883,6 +1155,10 @@ def trial_table(trials: pd.DataFrame, search: dict) -> pd.DataFrame:
     )
     table = trials[list(columns)].rename(columns=columns)
     table.loc[trials["baseline"].to_numpy(), "status"] += " (baseline)"
+    table["MLflow"] = [
+        links.run_url(ui, str(e), r)
+        for e, r in zip(trials["experiment_id"], trials["run_id"], strict=True)
+    ]
     return table.sort_values("val loss").reset_index(drop=True)
 
 
@@ -893,7 +1169,9 @@ def ablation_sections(group: pd.DataFrame, curves, folder: Path, prefix: str) ->
     experiment, arch = group["experiment"].iloc[0], group["arch"].iloc[0]
     section = Section(f"{experiment} / {arch}: ablation over seeds")
     png = f"{prefix}-arms.png"
-    section.blocks.append(Block(figures.arm_curves(arms, curves, folder / png), png=png))
+    caption, xlims = figures.arm_curves(arms, curves, folder / png)
+    meta = {"xlims": json.dumps(xlims)}
+    section.blocks.append(Block(caption, png=png, meta=meta))
     png = f"{prefix}-gap.png"
     caption, _ = figures.gap_by_arm(arms, folder / png)
     section.blocks.append(Block(caption, png=png))
@@ -939,7 +1217,8 @@ def arm_table(arms: pd.DataFrame) -> pd.DataFrame:
             "test acc": str(mean_ci(mine["test_acc"])),
             "test loss": str(mean_ci(mine["test_loss"])) if "test_loss" in mine else "",
             "val loss": str(mean_ci(mine["selected_val_loss"])),
-            "gap at best epoch": str(mean_ci(mine["best_gap_loss"])),
+            # the gap the dropout claim tests and the gap figure draws: at the kept epoch
+            "gap at kept epoch": str(mean_ci(mine["gap_loss"])),
             "kept epoch": str(mean_ci(mine["selected_epoch"])),
         }
         for label, kept, last in WEIGHT_COLUMNS:
@@ -982,65 +1261,181 @@ def problems_section(problems: pd.DataFrame) -> Section:
 # Rendering
 
 
+VERDICTS = ("supported", "contradicted", "inconclusive", "not measured")
+EMPTY_TABLE = "No rows: nothing in the tracking store for this table."
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
+def _is_url(value) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
 def _markdown_table(df: pd.DataFrame) -> str:
     header = "| " + " | ".join(str(c) for c in df.columns) + " |"
     rule = "|" + "---|" * len(df.columns)
     body = [
-        "| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |"
+        "| "
+        + " | ".join((f"[open]({v})" if _is_url(v) else _fmt(v).replace("|", "\\|")) for v in row)
+        + " |"
         for row in df.itertuples(index=False)
     ]
     return "\n".join([header, rule, *body])
 
 
-def render_markdown(title: str, intro: str, sections: list[Section]) -> str:
-    parts = [f"# {title}", intro]
+def _links_markdown(links: list[tuple[str, str]]) -> str:
+    return " · ".join(f"[{label}]({url})" for label, url in links)
+
+
+def render_markdown(
+    title: str, intro: str, sections: list[Section], lead: list[Block] | None = None
+) -> str:
+    parts = [f"# {title}"]
+    for number, block in enumerate(lead or []):
+        if block.png:
+            parts += [f"![{block.png}]({block.png})", f"*{block.caption}*"]
+        elif block.text:
+            parts.append(f"**{block.text}**" if number == 0 else block.text)
+        elif block.links:
+            parts.append(_links_markdown(block.links))
+    parts.append(intro)
     for section in sections:
         parts.append(f"## {section.title}")
+        if not section.blocks:
+            parts.append("Nothing to show: no runs in the tracking store for this section.")
         for block in section.blocks:
             if block.png:
                 parts += [f"![{block.png}]({block.png})", f"*{block.caption}*"]
             elif block.table is not None:
-                parts += [f"*{block.caption}*", _markdown_table(block.table)]
+                table = _markdown_table(block.table) if not block.table.empty else EMPTY_TABLE
+                parts += [f"*{block.caption}*", table]
             elif block.text:
                 parts.append(block.text)
+            elif block.links:
+                parts.append(_links_markdown(block.links))
     return "\n\n".join(parts) + "\n"
 
 
-def render_html(title: str, intro: str, sections: list[Section], folder: Path) -> str:
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "color:#222}table{border-collapse:collapse;font-size:13px;margin-bottom:.5em}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}"
-        "img{max-width:100%}.caption{font-size:13px;color:#555;margin-bottom:1.5em}"
-        ".table-wrap{overflow-x:auto}"
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;"
+    "color:#222;line-height:1.45}h1{font-size:1.6em;margin-bottom:.2em}"
+    "h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}"
+    "table{border-collapse:collapse;font-size:13px;margin-bottom:.5em}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+    "th{background:#f3f3f3}img{max-width:100%}figure{margin:0 0 1em 0}"
+    ".caption{font-size:13px;color:#555;margin-bottom:1.5em}.table-wrap{overflow-x:auto}"
+    ".verdict-supported{background:#e3f4e1;color:#1b6e20;font-weight:600}"
+    ".verdict-contradicted{background:#fbe3e1;color:#a4201b;font-weight:600}"
+    ".verdict-inconclusive{background:#f0f0f0;color:#555}"
+    ".verdict-not-measured{color:#999;font-style:italic}"
+    ".lead{font-size:1.15em;background:#f6f8fa;border-left:4px solid #2c7be5;padding:.6em .9em}"
+    "nav.toc{font-size:14px;background:#fafafa;border:1px solid #eee;padding:.4em 1em}"
+    "nav.toc ol{margin:.3em 0;padding-left:1.4em}.links a{margin-right:1.2em}"
+    ".top{font-size:13px}.chart{margin-bottom:.4em}"
+    ".warning{background:#fff6e0;border-left:4px solid #e0a800;padding:.3em .8em}"
+)
+
+
+def _html_cell(value) -> str:
+    if _is_url(value):
+        return f"<td><a href='{html.escape(value)}'>open</a></td>"
+    text = _fmt(value)
+    if text in VERDICTS:
+        return f"<td class='verdict-{text.replace(' ', '-')}'>{html.escape(text)}</td>"
+    numeric = isinstance(value, int | float) or bool(
+        re.fullmatch(r"[+-]?[\d.]+(e[+-]?\d+)?( \[.*\]| \+/- .*| \(n=\d+\))?", text)
     )
-    fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "", "border": 0, "index": False}
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
+    cls = " class='num'" if numeric and not isinstance(value, bool) else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    """Text left-aligned, numbers right-aligned, verdicts coloured, URLs as links."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join(
+        "<tr>" + "".join(_html_cell(v) for v in row) + "</tr>" for row in df.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _links_html(links: list[tuple[str, str]]) -> str:
+    return (
+        "<p class='links'>"
+        + "".join(f"<a href='{html.escape(url)}'>{html.escape(label)}</a>" for label, url in links)
+        + "</p>"
+    )
+
+
+def render_html(
+    title: str,
+    intro: str,
+    sections: list[Section],
+    folder: Path,
+    home: str | None = None,
+    lead: list[Block] | None = None,
+) -> str:
+    """The page: title, the lead (the answer: summary sentence and figure), a table of
+    contents, then every section under an anchor. `home`: the landing page's relative URL."""
+    body = []
+    if home:
+        body.append(f"<p class='top'><a href='{html.escape(home)}'>&larr; all reports</a></p>")
+    body.append(f"<h1>{html.escape(title)}</h1>")
+    for number, block in enumerate(lead or []):
+        body.append(_block_html(block, folder, lead=number == 0))
+    body.append(f"<p>{html.escape(intro)}</p>")
+    toc = "".join(f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in sections)
+    body.append(f"<nav class='toc'><strong>Contents</strong><ol>{toc}</ol></nav>")
     for section in sections:
-        body.append(f"<h2>{html.escape(section.title)}</h2>")
-        for block in section.blocks:
-            caption = f"<div class='caption'>{html.escape(block.caption)}</div>"
-            if block.png:
-                data = base64.b64encode((folder / block.png).read_bytes()).decode()
-                body.append(
-                    f"<figure><img alt='{html.escape(block.png)}' "
-                    f"src='data:image/png;base64,{data}'><figcaption class='caption'>"
-                    f"{html.escape(block.caption)}</figcaption></figure>"
-                )
-            elif block.table is not None:
-                body.append(f"<div class='table-wrap'>{block.table.to_html(**fmt)}</div>{caption}")
-            elif block.text:
-                body.append(f"<p>{html.escape(block.text)}</p>")
+        body.append(f"<h2 id='{section.anchor}'>{html.escape(section.title)}</h2>")
+        if not section.blocks:
+            body.append("<p>Nothing to show: no runs in the tracking store for this section.</p>")
+        body += [_block_html(block, folder) for block in section.blocks]
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         + "".join(body)
         + "</body></html>"
     )
+
+
+def _figure_html(block: Block, folder: Path) -> str:
+    data = base64.b64encode((folder / block.png).read_bytes()).decode()
+    meta = "".join(f" data-{key}='{html.escape(value)}'" for key, value in block.meta.items())
+    return (
+        f"<figure data-png='{html.escape(block.png)}'{meta}><img "
+        f"alt='{html.escape(block.png)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption class='caption'>{html.escape(block.caption)}</figcaption></figure>"
+    )
+
+
+def _block_html(block: Block, folder: Path, lead: bool = False) -> str:
+    caption = f"<div class='caption'>{html.escape(block.caption)}</div>"
+    if block.chart:
+        static = (
+            f"<details><summary>static figure</summary>{_figure_html(block, folder)}</details>"
+            if block.png
+            else ""
+        )
+        return f"<div class='chart'>{block.chart}</div>{caption}{static}"
+    if block.png:
+        return _figure_html(block, folder)
+    if block.table is not None:
+        if block.table.empty:
+            return f"<p>{html.escape(EMPTY_TABLE)}</p>{caption}"
+        return f"<div class='table-wrap'>{_html_table(block.table)}</div>{caption}"
+    if block.text:
+        cls = (
+            " class='lead'"
+            if lead
+            else (" class='warning'" if block.text.startswith("Warning:") else "")
+        )
+        return f"<p{cls}>{html.escape(block.text)}</p>"
+    if block.links:
+        return _links_html(block.links)
+    return ""

@@ -60,6 +60,7 @@ def load_runs(
         {
             "run_id": raw["run_id"],
             "experiment": raw["experiment_id"].map(experiment_names),
+            "experiment_id": raw["experiment_id"],
             "role": raw[f"tags.{ROLE_TAG}"],
             "status": _column(raw, "tags.studylib.status"),
             "mlflow_status": raw["status"],

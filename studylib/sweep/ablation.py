@@ -61,7 +61,7 @@ from studylib.sweep.space import suggest, switched_on
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials, sampler_for
 from studylib.sweep.trial import run_trial
-from studylib.tracking import Tracker, environment_tags, group_tags, open_tracker
+from studylib.tracking import Tracker, applicable_params, environment_tags, group_tags, open_tracker
 from studylib.train import resolve_device
 
 KNOB_OF_PATH = {path: name for name, path in SEARCHABLE.items()}
@@ -121,7 +121,7 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
             **group_tags(exp),
         },
     )
-    parent.log_params(exp.flat())
+    parent.log_params(applicable_params(exp))
     splits = {
         seed: load_splits(exp.data, seed, settings.cache_dir).to(device)
         for seed in (*plan.seeds, tuning_seed)

@@ -32,6 +32,7 @@ says: such a parent is never closed here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -69,7 +71,13 @@ from studylib.sweep.owners import JobOwner
 from studylib.sweep.storage import MAX_RETRIES
 from studylib.sweep.study import trial_id
 from studylib.sweep.trial import TrialPlan, trial_plan
-from studylib.tracking import Tracker, TrackingUnavailable, group_tags
+from studylib.tracking import (
+    Tracker,
+    TrackingUnavailable,
+    applicable_params,
+    effective_params,
+    group_tags,
+)
 
 # Failures that are not the trial's own: it runs again. "disk_full": a write found no space.
 RETRYABLE = ("killed", "interrupted", "tracking", "refused", "disk_full")
@@ -389,7 +397,7 @@ def relog_trial(
     except ValueError:  # a trial that died before taking all its parameters: the base config
         plan = TrialPlan(
             exp,
-            f"trial-{trial.number:04d}",
+            f"trial {trial.number}: parameters not recorded",
             {ROLE_TAG: "trial", STUDY_TAG: exp.name, TRIAL_TAG: str(trial.number)},
         )
     status, run_status, reason = _ending(trial, plan.exp)
@@ -402,7 +410,11 @@ def relog_trial(
         RELOGGED_TAG: "optuna",
     }
     run = tracker.start_run(plan.run_name, tags=tags, parent_id=parent_id)
-    params = {**plan.exp.flat(), **{f"optuna.{k}": v for k, v in trial.params.items()}}
+    params = {
+        **applicable_params(plan.exp),
+        **{f"optuna.{k}": v for k, v in trial.params.items()},
+        **effective_params(plan.exp),
+    }
     run.log_params(params)
     for epoch, value in sorted(trial.intermediate_values.items()):
         run.log_epoch(epoch, {"val/loss": value})
@@ -462,3 +474,14 @@ def relog(study: optuna.Study, tracker: Tracker, exp: Experiment, parent_id: str
             f"trials {', '.join(map(str, relogged))} had no MLflow run: re-logged from Optuna "
             "(parameters, validation curve, value and kept results; no train curves or weights)"
         )
+
+
+def mark_best_run(tracker: Tracker, study: optuna.Study) -> None:
+    """Move the `studylib.best` tag to the run of the study's best trial as it stands now
+    (called whenever a sweep closes, so it follows the study as it grows). A best trial whose
+    own run was lost (re-logged runs have no link from Optuna) leaves the tag where it was."""
+    run_id = study.best_trial.user_attrs.get(RUN_ID_ATTR)
+    if run_id:
+        # A run deleted from MLflow: nothing to tag.
+        with contextlib.suppress(MlflowException):
+            tracker.mark_best(run_id)

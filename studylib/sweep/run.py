@@ -36,12 +36,19 @@ from studylib.names import (
 from studylib.redact import redact
 from studylib.sweep.loops import open_share, trial_loop
 from studylib.sweep.preflight import check_sweep
-from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps, relog
+from studylib.sweep.recovery import (
+    Worker,
+    audit_records,
+    close_dead_sweeps,
+    mark_best_run,
+    relog,
+)
 from studylib.sweep.study import counted_trials
 from studylib.sweep.trial import TrialOutcome, run_trial
 from studylib.sweep.workers import run_workers
 from studylib.tracking import (
     TrackingUnavailable,
+    applicable_params,
     environment_tags,
     group_tags,
     open_tracker,
@@ -104,17 +111,18 @@ def run_sweep(
                 **group_tags(exp),
             },
         )
-        parent.log_params(exp.flat())
+        parent.log_params(applicable_params(exp))
         share.parent_id = parent.run_id
         if lacking:
             relog(study, tracker, exp, parent.run_id)
         status = "FINISHED"
         lost: BaseException | None = None  # the tracker gone (here or in a writer)
         try:
-            if workers > 1:  # N processes on this machine, this one among them
-                run_workers(share, workers, population)
-            else:  # one process: trials one at a time, or P at a time as one batched model
-                trial_loop(share, population)
+            with tracker.system_metrics(parent.run_id):
+                if workers > 1:  # N processes on this machine, this one among them
+                    run_workers(share, workers, population)
+                else:  # one process: trials one at a time, or P at a time as one batched model
+                    trial_loop(share, population)
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -144,6 +152,7 @@ def run_sweep(
                 if summary.best_value is not None:
                     parent.log_metrics({"best_value": summary.best_value})
                     parent.set_tags({BEST_TRIAL_TAG: summary.best_trial})
+                    mark_best_run(tracker, study)
                 parent.finish(status)
     if summary.trials_done < total:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

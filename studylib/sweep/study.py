@@ -20,6 +20,7 @@ from studylib.errors import ConfigError
 from studylib.locks import exclusive
 from studylib.names import BASELINE_ATTR, CONFIG_ATTR, DIVERGED_ATTR
 from studylib.redact import redact
+from studylib.sweep.dashboard import name_objective
 from studylib.sweep.space import baseline_params
 
 # Finished trials that count toward the requested total. A FAIL without the diverged mark
@@ -92,6 +93,7 @@ def open_study(
                 study = optuna.create_study(
                     study_name=name, storage=storage, direction="minimize", **how
                 )
+                name_objective(study)  # optuna-dashboard shows it instead of "Objective 0"
             if CONFIG_ATTR not in study.user_attrs:
                 if study.trials:
                     say(f"study {name} predates stored settings: it adopts the current ones")

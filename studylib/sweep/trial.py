@@ -23,6 +23,7 @@ from studylib.models import build_model
 from studylib.names import (
     BASELINE_ATTR,
     BASELINE_TAG,
+    NOTE_TAG,
     RETRY_OF_TAG,
     ROLE_TAG,
     RUN_ID_ATTR,
@@ -39,7 +40,9 @@ from studylib.tracking import (
     TrackingUnavailable,
     close_interrupted_run,
     close_trial_run,
+    run_description,
     start_trial_run,
+    trial_run_name,
 )
 from studylib.train import TrainResult, fit
 
@@ -80,8 +83,10 @@ def trial_plan(exp: Experiment, trial: BaseTrial, retry_of: int | None) -> Trial
         tags[BASELINE_TAG] = "true"
     if retry_of is not None:
         tags[RETRY_OF_TAG] = str(retry_of)
-    name = f"trial-{trial.number:04d}" + ("-baseline" if is_baseline else "")
-    return TrialPlan(exp.with_values(values), name, tags)
+    exp = exp.with_values(values)
+    what = f"Sweep trial {trial.number}" + (", the unregularized baseline," if is_baseline else "")
+    tags[NOTE_TAG] = run_description(exp, what)
+    return TrialPlan(exp, trial_run_name(trial.number, exp, is_baseline), tags)
 
 
 def trial_epoch_callback(

@@ -17,15 +17,21 @@ from studylib.tracking.store import (
     open_tracker,
 )
 from studylib.tracking.trial_run import (
+    applicable_params,
     close_interrupted_run,
     close_trial_run,
+    effective_params,
     group_tags,
+    run_description,
     start_trial_run,
+    trial_run_name,
 )
 
 __all__ = [
     "RecordedRun",
     "Recorder",
+    "applicable_params",
+    "effective_params",
     "Run",
     "RunRecord",
     "apply",
@@ -36,5 +42,7 @@ __all__ = [
     "environment_tags",
     "group_tags",
     "open_tracker",
+    "run_description",
     "start_trial_run",
+    "trial_run_name",
 ]

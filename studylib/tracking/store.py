@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import random
@@ -45,7 +46,16 @@ from sqlalchemy.engine import Engine
 
 from studylib.config import Experiment, Settings
 from studylib.locks import exclusive
-from studylib.names import GROUP_TAG, PARENT_RUN_TAG, ROLE_TAG, RUN_KEY_TAG
+from studylib.names import (
+    BEST_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    GROUP_TAG,
+    NOTE_TAG,
+    PARENT_RUN_TAG,
+    ROLE_TAG,
+    RUN_KEY_TAG,
+)
 from studylib.redact import redact
 
 FLUSH_SECONDS = 5.0  # a crash loses at most this much of a run's curve
@@ -159,6 +169,7 @@ class Tracker:
         self.retry_seconds = retry_seconds
         self.retries = 0  # transient failures survived, for the record
         self.down: TrackingUnavailable | None = None
+        self.experiment_tags: dict[str, str] = {}  # as found when the tracker opened
         if tracking_uri.startswith(("http://", "https://")):
             # Our own bounded retry replaces MLflow's (7 tries with backoff: about 4 minutes
             # per call). Only a default: a value the user set is kept.
@@ -208,6 +219,7 @@ class Tracker:
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.call(lambda: self.client.get_experiment_by_name(name), "find the experiment")
         if found is not None:
+            self.experiment_tags = dict(found.tags)
             return found.experiment_id
         location = None
         if artifact_root is not None and is_local_database(self.tracking_uri):
@@ -249,7 +261,7 @@ class Tracker:
             return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
 
         run = self.call(create, f"create run {run_name}")
-        return Run(self, run.info.run_id, run.info.artifact_uri)
+        return Run(self, run.info.run_id, run.info.artifact_uri, name=run_name)
 
     def find_run(self, key: str) -> Any | None:
         """The run of this experiment with the given RUN_KEY_TAG, if one was created."""
@@ -266,6 +278,40 @@ class Tracker:
             lambda: self.client.set_experiment_tag(self.experiment_id, key, value),
             "tag the experiment",
         )
+
+    def mark_best(self, run_id: str) -> None:
+        """Tag `run_id` as the study's best trial (`studylib.best`), taking the tag off any run
+        that held it: the MLflow UI's filter `tags.studylib.best = 'true'` finds one run."""
+        for run in self.search_runs(f"tags.`{BEST_TAG}` = 'true'"):
+            if run.info.run_id != run_id:
+                self.call(
+                    lambda r=run: self.client.delete_tag(r.info.run_id, BEST_TAG), "untag a run"
+                )
+        self.call(lambda: self.client.set_tag(run_id, BEST_TAG, "true"), "tag the best run")
+
+    def system_metrics(self, run_id: str) -> contextlib.AbstractContextManager:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) sampled
+        every 10 s into `run_id` while the block runs: a sweep's parent run, where a
+        population's or a worker's resources are spent. Without psutil, nothing."""
+        try:
+            import psutil  # noqa: F401  optional: MLflow's monitor needs it
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return contextlib.nullcontext()
+        # Its "Started monitoring" lines would land beside the sweep's progress bar.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=self.tracking_uri)
+
+        @contextlib.contextmanager
+        def running():
+            monitor.start()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # never fail a sweep over its gauges
+                    monitor.finish()
+
+        return running()
 
     def search_runs(self, filter_string: str) -> list[Any]:
         """Every run of this experiment matching `filter_string`, all pages."""
@@ -315,22 +361,58 @@ class Tracker:
 
 
 def open_tracker(exp: Experiment, settings: Settings) -> Tracker:
-    """The study's MLflow experiment; a group member's experiment is tagged with its group."""
+    """The study's MLflow experiment; a group member's experiment is tagged with its group.
+    An experiment without them gets the tag that makes MLflow's UI open it on its runs (not
+    its GenAI traces) and a description; one the user edited in the UI is left as it is."""
     tracker = Tracker(
         settings.tracking_uri, exp.name, settings.artifact_root, settings.tracking_retry_seconds
     )
+    tags = experiment_tags(exp)
     if exp.group:
-        tracker.set_experiment_tag(GROUP_TAG, exp.group)
+        tags[GROUP_TAG] = exp.group
+    for key, value in tags.items():
+        if key == GROUP_TAG or key not in tracker.experiment_tags:
+            tracker.set_experiment_tag(key, value)
     return tracker
+
+
+def experiment_tags(exp: Experiment) -> dict[str, str]:
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: experiment_description(exp)}
+
+
+def experiment_description(exp: Experiment) -> str:
+    """The experiment's description in the MLflow UI (Markdown)."""
+    return (
+        f"**Regularization study `{exp.name}`**: {exp.model.arch} on {exp.data.name}. What do "
+        "dropout, L1, L2 / weight decay and early stopping do to overfitting?\n\n"
+        "- Runs named `sweep-*` are Optuna sweeps; their children are trials, named by the "
+        "regularizers they used (`trial 27: dropout 0.10, l2 7.9e-3`). Trial 0 is the "
+        "unregularized baseline (tag `studylib.baseline = true`); the current best trial has "
+        "`studylib.best = true`; pruned trials carry `[pruned]` in their name.\n"
+        "- Runs named `ablation-*` hold the ablation: one child per arm and seed "
+        "(`dropout-seed1`), paired by seed against the baseline arm.\n"
+        "- Params `optuna.*` are what Optuna sampled (a strength is sampled even when its "
+        "switch `*_on` is off); `effective.*` are what training used.\n\n"
+        f"The report (`make report`, then open `reports/{exp.name}/index.html`) says what "
+        "regularization did, with verdicts; a copy is attached to the newest sweep run under "
+        "`report/`."
+    )
 
 
 class Run:
     """One MLflow run, written in batches."""
 
-    def __init__(self, tracker: Tracker, run_id: str, artifact_uri: str | None = None):
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        artifact_uri: str | None = None,
+        name: str | None = None,
+    ):
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
+        self.name = name
         self.artifact_uri = artifact_uri
         self._pending: list[Metric] = []
         self._pending_params: list[Param] = []
@@ -383,6 +465,12 @@ class Run:
         # Dropped only once written: a batch that failed is retried by the next flush.
         self._pending = []
         self._last_flush = time.monotonic()
+
+    def log_dataset(self, dataset: Any) -> None:
+        """Record the run's data set as an MLflow dataset input (a `DatasetInput`)."""
+        self.tracker.call(
+            lambda: self.client.log_inputs(self.run_id, datasets=[dataset]), "log the dataset"
+        )
 
     def log_json(self, name: str, payload: Any) -> None:
         self.log_files(json_files={name: payload})

@@ -19,11 +19,13 @@ def test_study_report_summary_and_claims(study_report):
     markdown = (study_report.parent / "report.md").read_text()
     titles = [line for line in markdown.splitlines() if line.startswith("## ")]
     assert titles[0] == "## tiny / mlp: summary"
-    summary = markdown.split(titles[0])[1].split("## ")[0]
-    assert summary.split("\n\n")[1].startswith("Over 2 paired seeds (Holm-adjusted paired t-tests")
-    assert "tiny-mlp-summary.png" in summary
-    # TINY_ABLATION has two seeds: the report says what that can detect, and warns.
-    assert "Warning: Only 2 evaluation seeds" in summary
+    # The answer leads the page, above every section: the sentence, then its figure.
+    lead = markdown.split(titles[0])[0].split("\n\n")
+    assert lead[1].startswith("**Over 2 paired seeds (Holm-adjusted paired t-tests")
+    assert lead[2] == "![tiny-mlp-summary.png](tiny-mlp-summary.png)"
+    assert any(p.startswith("Strengths used: dropout: dropout=0.3 (given)") for p in lead)
+    # TINY_ABLATION has two seeds: the report says what that can detect, and warns up front.
+    assert any(p.startswith("Warning: Only 2 evaluation seeds") for p in lead)
     claims = markdown.split("## Claims of the lecture notes, checked")[1].split("\n## ")[0]
     power = claims.index("tiny / mlp: Design: 2 evaluation seeds")
     first_table = claims.index("| study | arch | claim |")

@@ -68,6 +68,28 @@ def test_sweep_logs_parent_children_and_resumes(tiny, settings, tmp_path):
     assert baseline.data.params["train.early_stopping"] == "False"
     assert baseline.data.metrics["stopped_epoch"] == 3
 
+    # What the MLflow UI shows a newcomer: the experiment opens on its runs, described; run
+    # names say what a trial is; one run (the best trial's) carries studylib.best; the data
+    # set is a dataset input; params are those the data set reads, effective apart from sampled.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "Regularization study `tiny`" in exp.tags["mlflow.note.content"]
+    assert baseline.info.run_name == "trial 0: baseline (no regularization)"
+    for run in children:
+        number = run.data.tags["optuna.trial_number"]
+        assert run.info.run_name.startswith(f"trial {number}: ")
+        assert "mlp on mnist1d" in run.data.tags["mlflow.note.content"]
+        assert not {"data.tokenizer", "data.languages", "data.typo_rate"} & set(run.data.params)
+        assert run.data.params["effective.l1"] == run.data.params["train.l1"]
+        patience = run.data.params["effective.patience"]
+        assert patience == ("off" if run is baseline else run.data.params["train.patience"])
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "mnist1d" and len(dataset.dataset.digest) == 8
+        assert '"generation_seed": 42' in json.loads(dataset.dataset.source)["tags"]["args"]
+    best = [r for r in children if r.data.tags.get("studylib.best") == "true"]
+    assert [r.data.tags["optuna.trial_number"] for r in best] == [
+        parent.data.tags["studylib.best_trial"]
+    ]
+
     # Optuna and MLflow agree: the objective is the kept weights' validation loss.
     study = optuna.load_study(study_name="tiny", storage=make_storage(settings.storage))
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
@@ -97,7 +119,8 @@ def test_sweep_logs_parent_children_and_resumes(tiny, settings, tmp_path):
     assert {"tiny-mlp-curves.png", "tiny-mlp-hparams.png", "tiny-mlp-importance.png"} <= pngs
     page = index.read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
-    assert "src='http" not in page and "href=" not in page  # nothing to fetch: opens offline
+    # Nothing to fetch: it opens offline (links into the MLflow UI are followed, not fetched).
+    assert "src='http" not in page and "<link" not in page and "<script src" not in page
     markdown = (folder / "report.md").read_text()
     rows = [
         line for line in markdown.splitlines() if line.startswith("| ") and "(baseline)" in line

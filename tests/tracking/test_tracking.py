@@ -208,3 +208,41 @@ def test_transient_errors_are_told_apart():
     )
     assert is_transient(MlflowException("API request to endpoint /x failed with error code 503"))
     assert not is_transient(ValueError("database"))
+
+
+def test_a_pruned_trial_says_so_in_its_name_and_the_best_tag_moves(settings):
+    import optuna
+
+    from studylib.tracking import close_interrupted_run
+
+    tracker = Tracker(settings.tracking_uri, "named", settings.artifact_root)
+    pruned = tracker.start_run("trial 3: dropout 0.20", tags={"studylib.role": "trial"})
+    close_interrupted_run(pruned, optuna.TrialPruned("pruned at epoch 4: val/loss 1.2345"))
+    run = tracker.client.get_run(pruned.run_id)
+    # MLflow's status says FINISHED (a pruned trial is a result); the name says pruned.
+    assert run.info.run_name == "trial 3 [pruned at epoch 4]: dropout 0.20"
+    assert run.info.status == "FINISHED" and run.data.tags["studylib.status"] == "pruned"
+
+    first, second = (tracker.start_run(f"trial {n}", tags={}) for n in (1, 2))
+    tracker.mark_best(first.run_id)
+    tracker.mark_best(second.run_id)
+    tagged = tracker.search_runs("tags.`studylib.best` = 'true'")
+    assert [r.info.run_id for r in tagged] == [second.run_id]
+
+
+def test_params_are_those_the_data_set_reads(tiny):
+    from studylib.config import Experiment
+    from studylib.tracking import applicable_params, effective_params
+
+    words = Experiment.model_validate(
+        {"name": "w", "data": {"name": "words", "tokenizer": "char"}, "model": {"arch": "textcnn"}}
+    )
+    params = applicable_params(words)
+    assert params["data.tokenizer"] == "char" and "data.languages" in params
+    assert not {"data.length", "data.generation_seed", "data.vocab_size"} & set(params)
+    assert "data.vocab_size" in applicable_params(words.with_values({"data.tokenizer": "bpe"}))
+    mnist = applicable_params(tiny)
+    assert "data.generation_seed" in mnist and "data.tokenizer" not in mnist
+    assert set(applicable_params(tiny)) - set(tiny.flat()) == set()
+    off = effective_params(tiny.with_values({"train.l1": 0.0, "train.early_stopping": False}))
+    assert off["effective.l1"] == 0.0 and off["effective.patience"] == "off"

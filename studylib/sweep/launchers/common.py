@@ -44,9 +44,15 @@ from studylib.names import (
 from studylib.redact import MASK, install_log_filter, redact, remember
 from studylib.sweep.loops import open_records, open_share, trial_loop
 from studylib.sweep.owners import JobOwner
-from studylib.sweep.recovery import Worker, audit_records, close_dead_sweeps, relog
+from studylib.sweep.recovery import (
+    Worker,
+    audit_records,
+    close_dead_sweeps,
+    mark_best_run,
+    relog,
+)
 from studylib.sweep.study import count_done, counted_trials
-from studylib.tracking import Run, Tracker, environment_tags, group_tags
+from studylib.tracking import Run, Tracker, applicable_params, environment_tags, group_tags
 
 POLL_SECONDS = 1.0  # how often the launching command reads the study and asks the engine
 STOP_GRACE_SECONDS = 120.0  # workers of a complete study exit by themselves within this
@@ -181,6 +187,7 @@ def finish_parent(
         if any(t.state == TrialState.COMPLETE for t in trials):
             metrics["best_value"] = study.best_value
             tags[BEST_TRIAL_TAG] = study.best_trial.number
+            mark_best_run(tracker, study)
         Run(tracker, spec.parent_id).finish("FINISHED", tags=tags, metrics=metrics)
     return True
 
@@ -351,7 +358,7 @@ def launch_sweep(
                 **group_tags(exp),
             },
         )
-        parent.log_params(exp.flat())
+        parent.log_params(applicable_params(exp))
         relog(study, tracker, exp, parent.run_id)
         spec = WorkerSpec(
             exp=exp,

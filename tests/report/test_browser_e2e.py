@@ -1,0 +1,246 @@
+"""Done means, in real Chromium: a tiny sweep and ablation, reported; the landing page and
+every page it links load with no empty table or section, every image decodes at >= 150 dpi,
+every interactive chart draws, the dropout x L2 heatmap's rows are in numeric order with no
+negative edge, the arm panels share their x-limits; then, against `studylib ui` started here
+on a free loopback port, the report's MLflow links open the runs (not the traces view) with
+the named runs and their tags, and the compare view of baseline and best.
+
+`make test-browser` runs it (marker `browser`: about a minute on two cores). With
+STUDYLIB_SCREENSHOTS=<folder> it also saves the report's first screen and the MLflow
+experiment page there (how docs/*.png were made).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from studylib.names import UI_PORT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None
+)
+if CHROMIUM is None and os.environ.get("STUDYLIB_REQUIRE_BROWSER"):
+    raise RuntimeError(
+        "STUDYLIB_REQUIRE_BROWSER is set but chromium is missing: make setup-browser"
+    )
+
+# After load (and a moment for plotly): what a reader would see, as JSON on <body>.
+PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const dpi = img => {
+    const b = atob(img.src.split(',')[1] || ''); const k = b.indexOf('pHYs');
+    if (k < 0) return 0;
+    const v = ((b.charCodeAt(k + 4) << 24) >>> 0) + (b.charCodeAt(k + 5) << 16)
+      + (b.charCodeAt(k + 6) << 8) + b.charCodeAt(k + 7);
+    return v * 0.0254;
+  };
+  const images = [...document.images];
+  const charts = [...document.querySelectorAll('.plotly-graph-div')];
+  const empty = [];
+  for (const h of document.querySelectorAll('h2')) {
+    let n = h.nextElementSibling, text = '';
+    while (n && n.tagName !== 'H2') { text += n.innerText || n.textContent; n = n.nextElementSibling; }
+    if (!text.trim()) empty.push(h.textContent);
+  }
+  const probe = {
+    images: images.length,
+    decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    dpi: images.map(dpi),
+    charts: charts.length,
+    drawn: charts.filter(c => c.querySelector('.main-svg')).length,
+    emptyTables: [...document.querySelectorAll('table')]
+      .filter(t => !t.querySelectorAll('tbody tr').length).length,
+    emptySections: empty,
+    heatmapRows: [...document.querySelectorAll('figure[data-rows]')]
+      .map(f => JSON.parse(f.dataset.rows)),
+    xlims: [...document.querySelectorAll('figure[data-xlims]')]
+      .map(f => JSON.parse(f.dataset.xlims)),
+    links: [...document.links].map(a => a.href),
+    ids: [...document.querySelectorAll('[id]')].map(e => e.id),
+  };
+  document.body.setAttribute('data-probe', JSON.stringify(probe));
+}, 1500));</script></body>"""
+
+
+def chromium(url: str, profile: Path, *extra: str, budget: int = 15000) -> str:
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget}",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return out.stdout
+
+
+def probe(page: Path, tmp: Path, port: int) -> dict:
+    """Load a copy of `page` (beside it: its relative links still resolve) with the probe."""
+    text = page.read_text().replace(f"127.0.0.1:{UI_PORT}", f"127.0.0.1:{port}")
+    probed = page.with_name(f".probed-{page.name}")
+    probed.write_text(text.replace("</body>", PROBE))
+    try:
+        dom = chromium(probed.as_uri(), tmp / "profile", "--dump-dom")
+    finally:
+        probed.unlink()
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, f"{page}: the probe did not run"
+    return json.loads(html.unescape(found[1]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(study_for_browser):
+    """`studylib ui` over the study's store, on a free loopback port, stopped afterwards."""
+    uri, _ = study_for_browser
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "studylib", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # mlflow server starts workers: stop the whole group
+    )
+    try:
+        first = server.stdout.readline()
+        assert first.startswith(f"open http://127.0.0.1:{port}"), first  # the URL comes first
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "studylib ui exited"
+                assert time.monotonic() < deadline, "the MLflow UI did not come up in 120 s"
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def study_for_browser(tmp_path, data_cache, mlflow_template):
+    from conftest import TINY_ABLATION, local_settings
+
+    from studylib.config import Experiment
+    from studylib.report import write_reports
+    from studylib.sweep import run_sweep
+    from studylib.sweep.ablation import run_ablation
+
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    settings = local_settings(tmp_path, data_cache)
+    exp = Experiment.model_validate(TINY_ABLATION)
+    run_sweep(exp, settings, trials=7)  # the baseline and six more: the heatmap is drawn
+    run_ablation(exp, settings)
+    written = write_reports(settings.tracking_uri, tmp_path / "reports")
+    return settings.tracking_uri, written[0]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: `make setup-browser`")
+def test_reports_and_mlflow_ui_in_chromium(study_for_browser, served, tmp_path):
+    _, landing = study_for_browser
+    port = served
+    seen = {landing: probe(landing, tmp_path, port)}
+    pages = [
+        Path(unquote(urlsplit(link).path))
+        for link in seen[landing]["links"]
+        if link.startswith("file:") and link.endswith("index.html")
+    ]
+    assert (landing.parent / "tiny" / "index.html") in pages
+    for page in pages:
+        seen[page] = probe(page, tmp_path, port)
+
+    mlflow_links = set()
+    for page, found in seen.items():
+        assert found["emptyTables"] == 0 and found["emptySections"] == [], page
+        assert found["decoded"] == found["images"], page
+        assert all(dpi >= 150 for dpi in found["dpi"]), (page, found["dpi"])
+        assert found["drawn"] == found["charts"], page
+        for rows in found["heatmapRows"]:
+            assert rows[0] == "off (0)" or not rows[0].startswith("-")
+            lows = [float(r.split(" to ")[0]) for r in rows if r != "off (0)"]
+            assert lows == sorted(lows) and min(lows) >= 0, rows
+        for xlims in found["xlims"]:
+            assert len({tuple(x) for x in xlims}) == 1, xlims
+        for link in found["links"]:
+            target = urlsplit(link)
+            if target.scheme == "file" and target.path.endswith(f".probed-{page.name}"):
+                assert target.fragment in found["ids"], link  # the contents' anchors
+            elif target.scheme == "file":
+                assert Path(unquote(target.path)).is_file(), link
+            elif f"127.0.0.1:{port}" in link:
+                mlflow_links.add(link)
+    study = seen[landing.parent / "tiny" / "index.html"]
+    assert study["heatmapRows"] and study["xlims"] and study["images"] >= 6
+    if _has_plotly():
+        assert study["charts"] >= 2  # the sweep scatter and its parallel coordinates
+
+    # The MLflow UI, through the report's own links.
+    runs_page = next(link for link in mlflow_links if "searchFilter" in link)
+    dom = chromium(runs_page, tmp_path / "profile", "--dump-dom", budget=25000)
+    assert "trial 0: baseline (no regularization)" in dom  # the runs table, named runs
+    assert "No data available" not in dom  # not the traces overview
+    run_page = next(link for link in study["links"] if re.search(r"/runs/[0-9a-f]{32}\?", link))
+    dom = chromium(run_page, tmp_path / "profile", "--dump-dom", budget=25000)
+    assert "studylib.role" in dom and "trial " in dom  # a run page with its tags
+    compare = next(link for link in mlflow_links if "compare-runs" in link)
+    dom = chromium(compare, tmp_path / "profile", "--dump-dom", budget=25000)
+    assert "trial 0: baseline (no regularization)" in dom
+
+    shots = os.environ.get("STUDYLIB_SCREENSHOTS")
+    if shots:
+        folder = Path(shots)
+        folder.mkdir(parents=True, exist_ok=True)
+        size = "--window-size=1280,1000"
+        report = landing.parent / "tiny" / "index.html"
+        chromium(
+            report.as_uri(),
+            tmp_path / "profile",
+            size,
+            f"--screenshot={folder / 'report-first-screen.png'}",
+        )
+        chromium(
+            runs_page,
+            tmp_path / "profile",
+            size,
+            f"--screenshot={folder / 'mlflow-experiment.png'}",
+        )
+
+
+def _has_plotly() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("plotly") is not None
