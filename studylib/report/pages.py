@@ -738,6 +738,7 @@ def lecture_sections(finished: pd.DataFrame, tracking_uri: str, folder: Path) ->
             )
             blocks.append(Block(lecture.data_noise_figure(group, folder / png), png=png))
             sections.append(Section(f"{where}: overfitting against data and noise", blocks))
+    return sections
 
 
 def group_claims_sections(finished: pd.DataFrame, grad_curves: pd.DataFrame, folder: Path):

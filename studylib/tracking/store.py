@@ -466,12 +466,6 @@ class Run:
         self._pending = []
         self._last_flush = time.monotonic()
 
-    def log_dataset(self, dataset: Any) -> None:
-        """Record the run's data set as an MLflow dataset input (a `DatasetInput`)."""
-        self.tracker.call(
-            lambda: self.client.log_inputs(self.run_id, datasets=[dataset]), "log the dataset"
-        )
-
     def log_json(self, name: str, payload: Any) -> None:
         self.log_files(json_files={name: payload})
 

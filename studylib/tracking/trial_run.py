@@ -188,7 +188,7 @@ def start_trial_run(
     params.update({f"optuna.{name}": value for name, value in (optuna_params or {}).items()})
     params.update(effective_params(exp))
     run.log_params(params)  # one write (per 100 params): each MLflow call is a transaction
-    run.log_dataset(dataset_input(exp))
+    run.log_inputs([dataset_input(exp)])
     return run
 
 
