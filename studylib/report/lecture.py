@@ -471,6 +471,9 @@ def data_noise_figure(runs: pd.DataFrame, path: Path) -> str:
             mean = group.groupby("size")["value"].mean()
             ax.plot(mean.index, mean.to_numpy(), marker="o", label=f"noise {noise:g}")
         ax.set_xscale("log")
+        sizes = sorted(values["size"].unique())
+        ax.set_xticks(sizes, [f"{int(size):,}" for size in sizes])
+        ax.minorticks_off()  # the log axis's minor labels crowd the three sizes
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set(title=title, xlabel="training examples")
         ax.legend(fontsize=8)
