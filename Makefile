@@ -43,7 +43,7 @@ dashboard: setup ## optuna-dashboard over optuna.journal on http://127.0.0.1:808
 	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dashboard]"
 	$(BIN)/studylib dashboard $(ARGS)
 
-test: setup ## the default test suite (leaves out slow and gpu tests)
+test: setup ## the default test suite (leaves out slow, gpu, engines and browser tests)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-slow: setup ## the slow tests only

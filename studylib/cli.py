@@ -628,12 +628,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
-    print(f"open http://{_url_host(args.host)}:{args.port} (the MLflow UI; Ctrl-C stops it)")
+    base = f"http://{_url_host(args.host)}:{args.port}"
+    print(f"open {base} (the MLflow UI; Ctrl-C stops it)")
+    # Typed by hand, that address opens MLflow 3's GenAI side; these open each study's runs.
+    for name, url in _study_addresses(args.tracking_uri, base):
+        print(f"  study {name}: {url}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"studylib: the MLflow UI will be reachable from other machines via {args.host}")
     sys.stdout.flush()
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _study_addresses(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(study, its runs table in the UI at `base`) for every experiment holding studylib runs;
+    none for a SQLite store not made yet (reading it would create it) or one that fails."""
+    location = parse_tracking_uri(tracking_uri)
+    if location.path is not None and not location.path.is_file():
+        return []
+    try:
+        from mlflow import MlflowClient  # start-up cost: see main
+
+        from studylib.names import EXPERIMENT_KIND_TAG
+        from studylib.report.links import experiment_url  # start-up cost: see main
+
+        found = MlflowClient(tracking_uri).search_experiments()
+    except Exception:  # the UI itself will say what is wrong with the store
+        return []
+    return [
+        (exp.name, experiment_url(base, exp.experiment_id))
+        for exp in found
+        if EXPERIMENT_KIND_TAG in exp.tags
+    ]
 
 
 def _url_host(host: str) -> str:

@@ -48,6 +48,14 @@ def _theme() -> None:
     sns.set_theme(style="whitegrid", context="notebook")
 
 
+def _name(run, role: str) -> str:
+    """ "best: trial 27: dropout 0.10, l2 7.9e-3" (its MLflow run name), or "best: trial 27"."""
+    if run is None:
+        return ""
+    name = run.get("tag:mlflow.runName")
+    return f"{role}: {name if isinstance(name, str) and name else 'trial ' + str(run['trial'])}"
+
+
 def best_vs_baseline(curves: pd.DataFrame, baseline, best, path: Path) -> str:
     """Train and validation loss of the sweep's baseline beside its best trial."""
     _theme()
@@ -55,7 +63,7 @@ def best_vs_baseline(curves: pd.DataFrame, baseline, best, path: Path) -> str:
         (run, title)
         for run, title in (
             (baseline, "baseline (no regularization)"),
-            (best, f"best trial {best['trial']}" if best is not None else ""),
+            (best, _name(best, "best")),
         )
         if run is not None
     ]

@@ -187,7 +187,8 @@ def arm_strengths(arms: pd.DataFrame, parent: pd.Series | None) -> dict[str, str
     out = {}
     for arm in set(arms["arm"]):
         knobs = (
-            [k for knobs in ARM_KNOBS.values() for k in knobs]
+            # each knob once: both early-stopping arms turn patience
+            list(dict.fromkeys(k for knobs in ARM_KNOBS.values() for k in knobs))
             if arm == "all"
             else ARM_KNOBS.get(arm, ())
         )

@@ -45,3 +45,15 @@ def test_report_help_says_what_it_writes_and_its_defaults(capsys):
     assert "reports/index.html (the landing page: open it first)" in text
     assert "output folder (default: reports)" in text
     assert "(default: optuna.journal)" in text
+
+
+def test_studylib_ui_lists_each_study_by_its_runs_address(tiny, settings, tmp_path):
+    from studylib.cli import _study_addresses
+    from studylib.tracking import open_tracker
+
+    assert _study_addresses(f"sqlite:///{tmp_path / 'absent.db'}", "http://h:1") == []
+    assert not (tmp_path / "absent.db").exists()  # a store not made yet is not made here
+    tracker = open_tracker(tiny, settings)
+    (name, url), *more = _study_addresses(settings.tracking_uri, "http://h:1")
+    assert (name, more) == ("tiny", [])
+    assert url == links.experiment_url("http://h:1", tracker.experiment_id)

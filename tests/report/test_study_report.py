@@ -23,7 +23,9 @@ def test_study_report_summary_and_claims(study_report):
     lead = markdown.split(titles[0])[0].split("\n\n")
     assert lead[1].startswith("**Over 2 paired seeds (Holm-adjusted paired t-tests")
     assert lead[2] == "![tiny-mlp-summary.png](tiny-mlp-summary.png)"
-    assert any(p.startswith("Strengths used: dropout: dropout=0.3 (given)") for p in lead)
+    strengths = next(p for p in lead if p.startswith("Strengths used: "))
+    assert strengths.startswith("Strengths used: dropout: dropout=0.3 (given)")
+    assert strengths.count("patience=1 (given)") == 3  # both stopping arms, and all once
     # TINY_ABLATION has two seeds: the report says what that can detect, and warns up front.
     assert any(p.startswith("Warning: Only 2 evaluation seeds") for p in lead)
     claims = markdown.split("## Claims of the lecture notes, checked")[1].split("\n## ")[0]
