@@ -170,7 +170,7 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
                 stop = True
                 break
             items.append(more)
-        started = time.process_time()
+        started = time.thread_time()  # this thread's: a writer thread's trainer apart
         try:
             write(
                 merge([message for _, message in items]),
@@ -183,7 +183,7 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
         except BaseException as exc:
             replies.put(("error", items[0][0], _kind(exc), _text(exc)))
             return
-        spent = (time.process_time() - started) / len(items)
+        spent = (time.thread_time() - started) / len(items)
         for number, _ in items:
             replies.put(("done", number, spent))
         if stop:
@@ -260,7 +260,7 @@ class Writer:
         self.unacked: dict[int, Message] = {}  # handed over, not yet written and told
         self.count = 0
         self.restarts = 0
-        self.seconds = 0.0  # the writer's own CPU time over the messages it acknowledged
+        self.seconds = 0.0  # the writer thread's CPU time over the messages it acknowledged
         self.waited = 0.0  # time the trainer spent waiting for it (backpressure, settling)
         self.error: BaseException | None = None
         self._start(look_up=False)
