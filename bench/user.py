@@ -23,6 +23,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402, F401  # the first optimizer imports it: start-up, not a trial
 
 from bench.bench import FAMILIES, family_experiment, floor_trial, tutorial_sweep  # noqa: E402
 from studylib.data import load_splits  # noqa: E402

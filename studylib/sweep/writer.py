@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import signal
 import sys
@@ -149,6 +150,9 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
         replies.put(("error", 0, _kind(exc), _text(exc)))
         return
     known: dict[str, tuple[str, str | None]] = {}
+    busy = threading.Event()  # set while a message is being written
+    if not in_process and trainer is not None:
+        watch_trainer(trainer, busy)
     while True:
         try:
             item = requests.get(timeout=POLL_SECONDS)
@@ -170,7 +174,8 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
                 stop = True
                 break
             items.append(more)
-        started = time.process_time()
+        started = time.thread_time()  # this thread's: a writer thread's trainer apart
+        busy.set()
         try:
             write(
                 merge([message for _, message in items]),
@@ -183,11 +188,33 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
         except BaseException as exc:
             replies.put(("error", items[0][0], _kind(exc), _text(exc)))
             return
-        spent = (time.process_time() - started) / len(items)
+        busy.clear()
+        spent = (time.thread_time() - started) / len(items)
         for number, _ in items:
             replies.put(("done", number, spent))
         if stop:
             return
+
+
+def watch_trainer(trainer: Worker, busy: threading.Event) -> None:
+    """End this writer once its trainer is gone and it has been idle for two looks.
+
+    The loop ends by itself when the queue is empty, except in one case: a trainer killed in
+    the middle of putting a message leaves part of it in the pipe, and reading it then waits
+    forever (this process holds the pipe's other end too, so it never sees an end of file).
+    A writer that stayed alive would keep its dead trainer's trials from being recovered."""
+
+    def look() -> None:
+        idle = 0
+        while True:
+            time.sleep(POLL_SECONDS)
+            if not trainer.is_gone():
+                continue
+            idle = 0 if busy.is_set() else idle + 1
+            if idle >= 2:
+                os._exit(0)  # what was complete is written; the rest was never acknowledged
+
+    threading.Thread(target=look, name="trainer-watch", daemon=True).start()
 
 
 def merge(messages: list[Message]) -> Message:
@@ -260,7 +287,7 @@ class Writer:
         self.unacked: dict[int, Message] = {}  # handed over, not yet written and told
         self.count = 0
         self.restarts = 0
-        self.seconds = 0.0  # the writer's own CPU time over the messages it acknowledged
+        self.seconds = 0.0  # the writer thread's CPU time over the messages it acknowledged
         self.waited = 0.0  # time the trainer spent waiting for it (backpressure, settling)
         self.error: BaseException | None = None
         self._start(look_up=False)
@@ -367,6 +394,10 @@ class Writer:
             )
             raise self.error
         self.restarts += 1
+        # The dead writer's queue may hold a message half sent: its feeder thread would block
+        # on the full pipe and hang this process's exit. Everything in it is sent again.
+        if self.mode == "process":
+            self.requests.cancel_join_thread()
         say(
             f"the writer process (pid {self.host.pid}) ended (exit {how}); started another, "
             f"which writes the {len(self.unacked)} messages not yet written"
@@ -385,5 +416,7 @@ class Writer:
         with contextlib.suppress(Exception):
             self.requests.put(None)
         self.host.join(STOP_SECONDS)
-        if self.host.is_alive() and self.mode == "process":
-            self.host.terminate()
+        if self.mode == "process":
+            if self.host.is_alive():
+                self.host.terminate()
+            self.requests.cancel_join_thread()  # a dead writer reads nothing more
