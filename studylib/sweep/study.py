@@ -150,12 +150,30 @@ def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def settings_changes(stored: dict[str, Any], exp: Experiment) -> list[str]:
+    """How `exp` differs from the settings a study was created with.
+
+    A field this version added, at its default, is no difference: defaults reproduce what the
+    version that wrote `stored` did, so upgrading never refuses a resume. The stored settings are
+    therefore read back through today's Experiment (filling new fields with their defaults);
+    settings it no longer accepts (a field removed, a bound tightened) are compared as stored.
+    """
+    current = study_settings(exp)
+    try:
+        filled = Experiment.model_validate(
+            {**stored, "name": exp.name, "sweep": {**stored["sweep"], "trials": exp.sweep.trials}}
+        )
+    except (ValueError, TypeError, KeyError):
+        return differences(stored, current)
+    return differences(study_settings(filled), current)
+
+
 def check_same_settings(study: optuna.Study, exp: Experiment, where: str) -> None:
     """Refuse to resume a study created with other settings (exit code 2 at the CLI)."""
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         return
-    changed = differences(stored, study_settings(exp))
+    changed = settings_changes(stored, exp)
     if changed:
         shown = "; ".join(changed[:8])
         if len(changed) > 8:
@@ -169,4 +187,4 @@ def check_same_settings(study: optuna.Study, exp: Experiment, where: str) -> Non
 
 def same_settings(study: optuna.Study, exp: Experiment) -> bool:
     stored = study.user_attrs.get(CONFIG_ATTR)
-    return stored is None or not differences(stored, study_settings(exp))
+    return stored is None or not settings_changes(stored, exp)

@@ -23,7 +23,7 @@ from studylib.sweep import claim, recovery, run_sweep
 from studylib.sweep.recovery import Worker, audit_records, fail_dead_trials, queue_retries
 from studylib.sweep.space import suggest
 from studylib.sweep.storage import MAX_RETRIES, make_storage
-from studylib.sweep.study import differences
+from studylib.sweep.study import differences, settings_changes, study_settings
 from studylib.tracking import Tracker
 
 
@@ -163,6 +163,18 @@ def test_differences_name_each_changed_field():
         "sweep.search.l2 added",
     ]
     assert differences(stored, stored) == []
+
+
+def test_a_field_added_since_the_study_was_made_counts_only_off_its_default(tiny):
+    """Upgrading studylib never refuses a resume: settings stored before a field existed are
+    read with that field at its default; the same field set otherwise is a difference."""
+    stored = study_settings(tiny)
+    del stored["train"]["shuffle"]  # as a version before train.shuffle stored it
+    assert settings_changes(stored, tiny) == []
+    in_order = tiny.model_copy(update={"train": tiny.train.model_copy(update={"shuffle": False})})
+    assert settings_changes(stored, in_order) == ["train.shuffle true -> false"]
+    stored["train"]["lr"] = 0.5  # a real change is still named
+    assert settings_changes(stored, tiny) == [f"train.lr 0.5 -> {json.dumps(tiny.train.lr)}"]
 
 
 def test_resume_with_other_settings_is_refused_then_new_study(tiny, settings, capsys):
