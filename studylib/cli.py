@@ -28,7 +28,7 @@ from studylib.config import (
 )
 from studylib.errors import ConfigError, Incomplete, disk_full
 from studylib.locations import parse_storage, parse_tracking_uri
-from studylib.names import UI_PORT
+from studylib.names import EXPERIMENT_KIND_TAG, UI_PORT
 from studylib.redact import install_log_filter, redact, remember
 
 if TYPE_CHECKING:
@@ -649,7 +649,6 @@ def _study_addresses(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     try:
         from mlflow import MlflowClient  # start-up cost: see main
 
-        from studylib.names import EXPERIMENT_KIND_TAG
         from studylib.report.links import experiment_url  # start-up cost: see main
 
         found = MlflowClient(tracking_uri).search_experiments()

@@ -5,7 +5,7 @@ results.py reads runs and curves into DataFrames (also for a notebook); stats.py
 paired t-tests, Holm's adjustment and power; claims.py the verdicts (one design, declared
 families); contrasts.py the claims that compare a group's members, paired by seed, and
 group_figures.py their figures; summary.py what a study found, for the top of its report; figures.py one PNG per
-function; pages.py the sections and pages. Everything comes from the tracking store, never from a sweep's memory.
+function; pages.py the sections and pages, render.py draws them (HTML, Markdown). Everything comes from the tracking store, never from a sweep's memory.
 """
 
 from __future__ import annotations
