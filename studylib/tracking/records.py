@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from mlflow.entities import Metric
 
+from studylib.names import RUN_NAME_TAG
 from studylib.tracking.store import Run, Tracker
 
 
@@ -79,6 +80,7 @@ class RecordedRun:
         flush_seconds: float,
     ):
         self.key = uuid.uuid4().hex
+        self.name = name  # as Run.name: a pruned run's closing renames it
         self._send = send
         self._flush_seconds = flush_seconds
         self._piece = RunRecord(self.key, name=name, parent_id=parent_id, tags=dict(tags))
@@ -189,7 +191,11 @@ def apply(
     if run_id is None:
         if record.name is None:
             raise ValueError(f"run {record.key}: a record of a run never created")
-        run = tracker.start_run(record.name, record.tags, record.parent_id, key=record.key)
+        # A run pruned before its first piece went out is created and renamed in one record:
+        # MLflow refuses a run name that differs from an `mlflow.runName` tag, so the later
+        # name (the tag) is the one it is created with.
+        name = record.tags.get(RUN_NAME_TAG, record.name)
+        run = tracker.start_run(name, record.tags, record.parent_id, key=record.key)
         run_id, artifact_uri = run.run_id, run.artifact_uri
         tags_written = True
     else:

@@ -97,3 +97,19 @@ def test_a_full_queue_stalls_the_trainer_until_the_writer_catches_up(tiny, setti
     writer.close()
     assert not writer.unacked and writer.waited >= 0.5
     assert study.trials[number].state == TrialState.PRUNED  # told once written
+
+
+def test_a_pruned_recorded_run_is_renamed_when_applied(settings):
+    """A run recorded for the writer closes like a run written at once: pruned, its name says
+    so (MLflow's status alone says FINISHED)."""
+    from studylib.tracking import RecordedRun, close_interrupted_run
+
+    sent: list[RunRecord] = []
+    run = RecordedRun("trial 3: dropout 0.10", {}, None, sent.append, flush_seconds=60.0)
+    close_interrupted_run(run, optuna.TrialPruned("pruned at epoch 4: val/loss 2.3"))
+    tracker = Tracker(settings.tracking_uri, "pruned", settings.artifact_root)
+    for piece in [*sent, run.final]:
+        run_id = apply(tracker, piece, {}, look_up=True)
+    got = MlflowClient(settings.tracking_uri).get_run(run_id)
+    assert got.info.run_name == "trial 3 [pruned at epoch 4]: dropout 0.10"
+    assert got.data.tags["studylib.status"] == "pruned" and got.info.status == "FINISHED"
