@@ -15,6 +15,7 @@ def explain(outcome: faults.Outcome) -> str:
     return f"{outcome.scenario}: {outcome.observed}; failed: {outcome.failures}"
 
 
+@pytest.mark.slow  # two minutes on two cores: CI runs it through make test-slow
 def test_kill9_sigint_sigterm_mid_trial_then_resume(tmp_path):
     """kill -9, then SIGINT, then SIGTERM, each mid-trial; each resume recovers."""
     outcomes = faults.interruptions(tmp_path)
@@ -27,6 +28,7 @@ def test_kill9_sigint_sigterm_mid_trial_then_resume(tmp_path):
     assert outcomes[0].numbers["completed_before"] >= 1  # there was something to lose
 
 
+@pytest.mark.slow  # about a minute each: CI runs them through make test-slow
 @pytest.mark.parametrize(("workers", "population"), [(1, 3), (2, 2)])
 def test_kill9_mid_population_then_resume(tmp_path, workers, population):
     """One claim protocol for populations too: a killed member is failed and run again."""

@@ -25,6 +25,7 @@ def explain(outcome: faults.Outcome) -> str:
     return f"{outcome.scenario}: {outcome.observed}; failed: {outcome.failures}"
 
 
+@pytest.mark.slow  # CI runs it through make test-slow
 def test_four_workers_five_trials_each_give_twenty(tmp_path):
     """4 workers started together, 20 trials requested: exactly 20 trials, 20 runs on a real
     `mlflow server` (PostgreSQL backend, free loopback port), no password anywhere."""
