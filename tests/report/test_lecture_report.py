@@ -38,7 +38,9 @@ def test_new_designs_run_and_report_their_verdicts(settings, tmp_path):
             run_ablation(shrunk, settings)
 
     written = write_reports(settings.tracking_uri, tmp_path / "reports")
-    pages = {p.parent.name: (p.parent / "report.md").read_text() for p in written}
+    landing, *studies = written  # the landing page links the study and group pages
+    assert landing == tmp_path / "reports" / "index.html"
+    pages = {p.parent.name: (p.parent / "report.md").read_text() for p in studies}
     memorization = pages["memorization"]
     assert "memorization of random labels" in memorization
     assert "Without regularization the MLP fits random labels" in memorization
