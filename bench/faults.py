@@ -751,20 +751,24 @@ def tracking_down(folder: Path) -> Outcome:
         )
         trials = trials_of(storage)
         outcome.check(not [t for t in trials if t.state == TrialState.RUNNING], "RUNNING left")
-        # The trial running when the server went away (or the next one, if it finished first).
+        # The trial running when the server went away (or the next one, if it finished
+        # first), and the one before it when its records still waited in the writer's queue
+        # (issue 17: records are written off the training path, so two can be in flight).
         failed = [t.number for t in trials if t.user_attrs.get(FAILURE_ATTR) == "tracking"]
-        if not outcome.check(len(failed) == 1, f"trials failed for tracking: {failed}"):
+        if not outcome.check(1 <= len(failed) <= 2, f"trials failed for tracking: {failed}"):
             outcome.observed = f"exit {rc}"
             return outcome
-        victim = failed[0]
         server.start()
         resume = run(folder, argv)
         outcome.check(resume.wait() == 0, f"resume exited {resume.wait()}")
         said = [line for line in resume.stderr().splitlines() if "lacking" in line]
-        outcome.check(said and f" {victim} (" in said[0], f"resume did not name the gap: {said}")
-        summary = _check_recovered(
-            outcome, storage, server.url, victim, "tracking", "FAILED", total, before
-        )
+        for victim in failed:
+            outcome.check(
+                said and f" {victim} (" in said[0], f"resume did not name {victim}: {said}"
+            )
+            summary = _check_recovered(
+                outcome, storage, server.url, victim, "tracking", "FAILED", total, before
+            )
         outcome.numbers.update(seconds_to_error=round(waited, 1))
         gap = said[0].split(": ", 1)[-1] if said else "-"
         outcome.observed = f"exit {rc} after {waited:.0f} s; resume named {gap}; {summary}"
