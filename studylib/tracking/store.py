@@ -448,10 +448,22 @@ class Run:
         self._pending_params.extend(Param(key, str(value)) for key, value in params.items())
 
     def log_inputs(self, datasets: list[Any]) -> None:
-        """Dataset inputs (`mlflow.entities.DatasetInput`), in one call."""
-        self.tracker.call(
-            lambda: self.client.log_inputs(self.run_id, datasets=datasets), "log inputs"
-        )
+        """Dataset inputs (`mlflow.entities.DatasetInput`), in one call.
+
+        MLflow's SQL store looks a data set up, then inserts it: two processes logging the same
+        data set at once (workers' writers) can both miss it, and the second insert breaks the
+        unique key. The data set then exists, so the call is made once more, which finds it."""
+
+        def log() -> None:
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+            except MlflowException as exc:
+                text = str(exc).lower()
+                if "datasets" not in text or not ("unique" in text or "duplicate key" in text):
+                    raise
+                self.client.log_inputs(self.run_id, datasets=datasets)
+
+        self.tracker.call(log, "log inputs")
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
