@@ -25,12 +25,15 @@ import optuna
 import pandas as pd
 from mlflow import MlflowClient
 
+import studylib.report.charts as charts  # submodules by name: the package's __init__
+import studylib.report.figures as figures  # imports this module
+import studylib.report.lecture as lecture
+import studylib.report.links as links
 from studylib.config import ARMS, SEARCHABLE, SearchRange
 from studylib.errors import ConfigError
 from studylib.locations import Location
 from studylib.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GROUP_TAG, ROLE_TAG
 from studylib.redact import redact
-from studylib.report import charts, figures, lecture, links
 from studylib.report.claims import (
     ACCURACY,
     FAMILIES,

@@ -274,7 +274,9 @@ class RayFleet:
         return poll_tasks(self.ray, self.refs, self.seen)
 
     def stop_pending(self) -> None:
-        pass  # a task that starts after the study is complete claims nothing and returns
+        # Nothing to stop: a task that starts after the study is complete claims nothing and
+        # returns at once (loops.trial_loop), so pending tasks end by themselves.
+        return None
 
     def cancel(self) -> None:
         cancel_tasks(self.ray, self.refs)

@@ -221,7 +221,9 @@ class SlurmFleet:
         ]
 
     def close(self) -> None:
-        pass
+        # Nothing to release: submitit keeps no connection, and the job outlives this
+        # command by design (scancel ends it); Ray's fleet disconnects here instead.
+        return None
 
 
 def task_outcome(job: Any) -> tuple[str, Any]:
