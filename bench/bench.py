@@ -527,11 +527,22 @@ def toml_text(raw: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
     text = (f"[{prefix}]\n" if prefix and lines else "") + "".join(f"{x}\n" for x in lines)
     for key, value in tables:
         text += toml_text(value, f"{prefix}.{key}" if prefix else key)
     return text
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML: a CNN's blocks are lists of inline tables (`{kind = "max"}`), which
+    JSON's `{"kind": "max"}` is not; None leaves its key out (the field's default)."""
+    if isinstance(value, dict):
+        items = (f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike
 
 
 def studylib_as_user(
