@@ -172,6 +172,7 @@ def run_ablation(exp: Experiment, settings: Settings) -> AblationSummary:
                     parent_id=parent.run_id,
                     progress=progress,
                     test_curve=plan.test_curves,
+                    prune_evaluate=True,
                 )
                 ran += 1
                 final = outcome.result.final if outcome.result else {}

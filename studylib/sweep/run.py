@@ -176,4 +176,5 @@ def run_single(exp: Experiment, settings: Settings) -> TrialOutcome:
             run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={ROLE_TAG: "train", STUDY_TAG: exp.name},
             speed=settings.speed,
+            prune_evaluate=True,
         )

@@ -132,6 +132,7 @@ def run_trial(
     progress: Progress | None = None,
     speed: Speed = DEFAULT_SPEED,
     test_curve: bool = False,
+    prune_evaluate: bool = False,
     before_prune: Callable[[], None] | None = None,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
@@ -141,6 +142,8 @@ def run_trial(
     run is recorded for a writer (writer.py) instead of written: its closing piece is left in
     the recorded run's `final`. `test_curve` (ablation arms): the run
     also gets per-epoch `test/loss` and `test/acc`, logged once training has ended.
+    `prune_evaluate` (ablation arms, `studylib train`): the kept weights' prune-and-evaluate
+    figures, which the report's pruning table reads; sweep and tuning trials leave them out.
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
@@ -169,6 +172,7 @@ def run_trial(
             on_epoch=on_epoch,
             speed=speed,
             test_curve=test_curve,
+            prune_evaluate=prune_evaluate,
         )
     except TrackingUnavailable:
         raise  # nothing more can be written; the sweep closes the Optuna trial

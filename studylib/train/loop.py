@@ -13,8 +13,10 @@ norm exceeds the limit; `grad_norms` logs each layer's norm (gradients.py).
 What happens after each epoch (record the figures, find the best epoch, ask the stopping rule,
 end on divergence) is `EpochBook.step`: the one epoch step that `fit` and population training
 (population.py) share, so a population member ends exactly where its sequential trial would.
-What happens once training ends (the kept weights' test score, their norm and sparsity, and
-prune-and-evaluate) is `closing_figures`, also shared.
+What happens once training ends (the kept weights' test score, their norm and sparsity, and,
+when asked, prune-and-evaluate) is `closing_figures`, also shared. Prune-and-evaluate scores the
+test split five more times (about 10% of a 10-epoch MLP trial), so only the runs whose figures
+the report reads ask for it: ablation arms and `studylib train` (`prune_evaluate=True`).
 
 Test data: scored once, on the kept weights, after training. An ablation arm may ask for a test
 curve too (`test_curve=True`): each epoch's test figures go into a device buffer (`TestCurve`)
@@ -252,33 +254,34 @@ class TestCurve:
 
 @torch.no_grad()
 def closing_figures(
-    model: nn.Module, weights: list[torch.Tensor], splits: Splits
+    model: nn.Module, weights: list[torch.Tensor], splits: Splits, prune: bool = False
 ) -> dict[str, float]:
     """The kept weights' closing figures, read back in one host sync:
     - `test_loss`, `test_acc`: the test split, scored once;
     - `kept_l2_norm`, `kept_exact_zeros`, `kept_sparsity/<t>`: the weight matrices' norm, share
       of entries exactly 0, and share with |w| < t for t in PRUNE_THRESHOLDS;
-    - `pruned_test_loss/<t>`, `pruned_test_acc/<t>`: prune-and-evaluate, the test figures with
-      every weight-matrix entry |w| < t set to 0 (biases untouched).
+    - with `prune`, `pruned_test_loss/<t>`, `pruned_test_acc/<t>`: prune-and-evaluate, the test
+      figures with every weight-matrix entry |w| < t set to 0 (biases untouched).
     `weights` are `model`'s weight matrices: pruned in place, then restored exactly.
     Shared by `fit` and population training, so a member closes as its sequential trial does.
     """
     parts = [evaluate(model, splits.x_test, splits.y_test, splits.task)]
     parts.append(kept_weight_stats(weights))
-    saved = [w.detach().clone() for w in weights]
-    # Smallest threshold first: each prunes a superset of what the one before pruned.
-    for threshold in sorted(PRUNE_THRESHOLDS.values()):
-        for w in weights:
-            w.masked_fill_(w.abs() < threshold, 0.0)
-        parts.append(evaluate(model, splits.x_test, splits.y_test, splits.task))
-    for w, kept in zip(weights, saved, strict=True):
-        w.copy_(kept)
+    if prune:
+        saved = [w.detach().clone() for w in weights]
+        # Smallest threshold first: each prunes a superset of what the one before pruned.
+        for threshold in sorted(PRUNE_THRESHOLDS.values()):
+            for w in weights:
+                w.masked_fill_(w.abs() < threshold, 0.0)
+            parts.append(evaluate(model, splits.x_test, splits.y_test, splits.task))
+        for w, kept in zip(weights, saved, strict=True):
+            w.copy_(kept)
     values = torch.cat(parts).tolist()
     figures = {"test_loss": values[0], "test_acc": values[1]}
     stats = kept_weight_names()
     figures.update(zip(stats, values[2 : 2 + len(stats)], strict=True))
     pruned = values[2 + len(stats) :]
-    labels = sorted(PRUNE_THRESHOLDS, key=PRUNE_THRESHOLDS.__getitem__)
+    labels = sorted(PRUNE_THRESHOLDS, key=PRUNE_THRESHOLDS.__getitem__) if prune else []
     for index, label in enumerate(labels):
         figures[f"pruned_test_loss/{label}"] = pruned[2 * index]
         figures[f"pruned_test_acc/{label}"] = pruned[2 * index + 1]
@@ -293,6 +296,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     speed: Speed = DEFAULT_SPEED,
     test_curve: bool = False,
+    prune_evaluate: bool = False,
 ) -> TrainResult:
     """Train `model` (already on the splits' device) and score the kept weights on test once.
 
@@ -301,6 +305,7 @@ def fit(
     Seeds: `seed` fixes the batch order here; the caller seeds init and dropout masks.
     `test_curve`: also score every epoch's weights on test, into `TrainResult.test_curve`, read
     only once training has ended (ablation arms: early stopping's regret needs it).
+    `prune_evaluate`: also the kept weights' prune-and-evaluate figures (`closing_figures`).
     """
     started = time.perf_counter()
     device = splits.x_train.device
@@ -392,7 +397,7 @@ def fit(
         model.load_state_dict(best_state)
     # The kept weights, scored once on test (with a test curve: the buffer, read only now).
     with autocast:
-        closing = closing_figures(forward, weights, splits)
+        closing = closing_figures(forward, weights, splits, prune=prune_evaluate)
         if cfg.mc_passes and splits.task == "classify":  # the ensemble view of dropout
             mc = mc_dropout_figures(forward, splits.x_test, splits.y_test, cfg.mc_passes)
             closing.update({k: float(v) for k, v in mc.items()})

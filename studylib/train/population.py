@@ -304,8 +304,9 @@ class Population:
         return {k: b[slot] for k, b in self.buffers.items()}
 
     def closing(self, slot: int, best: bool, splits: Splits) -> dict[str, float]:
-        """One member's closing figures (test score, kept-weight statistics, prune-and-evaluate)
-        through `loop.closing_figures`, the very function that closes a sequential trial."""
+        """One member's closing figures (test score, kept-weight statistics) through
+        `loop.closing_figures`, the very function that closes a sequential trial (a member is a
+        sweep trial: no prune-and-evaluate, as `fit` leaves it out of sweep trials)."""
         source = self.best if best else self.params
         params = {k: v[slot].detach().clone() for k, v in source.items()}
         member = _Member(self.base, params, self.buffers_of(slot))

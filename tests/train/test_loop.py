@@ -11,7 +11,7 @@ from studylib.models import build_model
 from studylib.models.mlp import MLPConfig
 from studylib.train import fit
 from studylib.train import loop as train_module
-from studylib.train.regularizers import decay_parameters, penalty
+from studylib.train.regularizers import PRUNE_THRESHOLDS, decay_parameters, penalty
 
 SMALL = DataConfig(num_train=600, num_test=200, val_fraction=0.25, train_examples=300)
 
@@ -392,7 +392,7 @@ def test_kept_weight_stats_by_hand():
 def test_prune_and_evaluate_zeroes_small_weights_and_keeps_the_model_whole(splits):
     cfg = TrainConfig(max_epochs=3, lr=1e-2, batch_size=50, early_stopping=False, l1=1e-3)
     model = mlp()
-    result = fit(model, splits, cfg, seed=0)
+    result = fit(model, splits, cfg, seed=0, prune_evaluate=True)
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     for key, value in result.state_dict.items():  # the saved weights are not pruned
         assert torch.equal(value, kept[key]), key
@@ -590,3 +590,16 @@ def test_l2_penalty_equals_decay_of_twice_its_strength_under_plain_sgd(splits):
     heavy = float64_run(splits, momentum=0.9, l2=0.01)
     light = float64_run(splits, momentum=0.9, weight_decay=0.02)
     assert (heavy[-1][0] - light[-1][0]).abs().max() > 1e-4
+
+
+def test_prune_and_evaluate_only_when_asked_and_without_changing_the_run(splits):
+    # Sweep trials leave it out (five test passes: a tenth of a short trial); the figures that
+    # both runs have are the same bit for bit.
+    cfg = TrainConfig(max_epochs=3, lr=1e-2, batch_size=50, early_stopping=False, l1=1e-3)
+    torch.manual_seed(0)
+    plain = fit(mlp(), splits, cfg, seed=0)
+    torch.manual_seed(0)
+    pruned = fit(mlp(), splits, cfg, seed=0, prune_evaluate=True)
+    assert not any(key.startswith("pruned_") for key in plain.final)
+    assert {f"pruned_test_acc/{label}" for label in PRUNE_THRESHOLDS} <= set(pruned.final)
+    assert plain.final == {k: v for k, v in pruned.final.items() if not k.startswith("pruned_")}
