@@ -620,7 +620,9 @@ MOONSHOT: dict[str, Any] = {
 }
 
 
-def noop_fit(model, splits, cfg, seed, on_epoch=None, speed=None, test_curve=False):
+def noop_fit(
+    model, splits, cfg, seed, on_epoch=None, speed=None, test_curve=False, prune_evaluate=False
+):
     """`fit` without the training: a plausible curve per trial (falls, then rises: early
     stopping fires; some trials run worse than the median: pruned), fed to `on_epoch` exactly
     as `fit` does, the model's real weights kept. What is left is studylib's bookkeeping."""
