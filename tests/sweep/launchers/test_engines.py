@@ -190,19 +190,18 @@ def check_recovered(stack: Stack, victim: int, failure: str, reason: str) -> Non
 
 
 def mid_trial(stack: Stack):
-    """A trial RUNNING early in its training (its run made, 1 to EARLY_EPOCHS epochs reported)
-    once another completed."""
+    """A trial RUNNING early in its training (1 to EARLY_EPOCHS epochs reported) once another
+    completed. Its MLflow run may not be linked yet: the worker's writer creates it off the
+    training path, and under load that can come after epoch EARLY_EPOCHS (two tests waited
+    600 s for a trial that had both); a stopped trial's run is created and closed KILLED by
+    its writer on the way out, which the tests check."""
 
     def early():
         trials = faults.trials_of(stack.storage)
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return None
         for t in trials:
-            if (
-                t.state == TrialState.RUNNING
-                and t.user_attrs.get(RUN_ID_ATTR)
-                and 1 <= len(t.intermediate_values) <= EARLY_EPOCHS
-            ):
+            if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= EARLY_EPOCHS:
                 return t
         return None
 
