@@ -21,6 +21,7 @@ from studylib.report.contrasts import (
     ORDER_MARGIN,
     group_claims,
 )
+from studylib.report.group_figures import member_table
 
 SEEDS = (0, 1, 2, 3, 4)
 NOISE = (0.004, -0.003, 0.001, -0.002, 0.000)
@@ -208,3 +209,23 @@ def test_spelling_token_claims_each_way():
     assert all(r.main.p_holm == pytest.approx(r.main.test.p) for r in results)
     assert len({c.family for c in GROUP_CLAIMS["spelling_tokens"]}) == 2
     assert not any("word" in (c.a.member, c.b.member) for c in GROUP_CLAIMS["spelling_tokens"])
+
+
+def test_spelling_members_show_loss_per_character_and_the_copy_floor():
+    spelling = runs(
+        "spelling_tokens",
+        {
+            member: {
+                "test_acc": shifted(0.0),
+                "test_loss": [0.7] * 5,
+                "copy_acc/test": [0.53] * 5,
+                "tokens_per_word/val": [6.3] * 5,
+            }
+            for member in ("char", "bpe")
+        },
+    )
+    table = member_table(spelling, "spelling_tokens")
+    assert list(table["member"]) == ["char", "bpe"]
+    assert {"test_loss", "copy_acc/test", "tokens_per_word/val"} <= set(table.columns)
+    words = runs("subwords", {"char": {"test_acc": shifted(0.0), "test_loss": [1.0] * 5}})
+    assert "test_loss" not in member_table(words, "subwords").columns  # classification: as before
