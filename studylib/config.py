@@ -113,7 +113,9 @@ class DataConfig(Frozen):
         "the language where it is most frequent",
     )
     tokenizer: Literal["char", "word", "bpe"] = Field(
-        "char", description="text: fitted on the training words only"
+        "char",
+        description="text: fitted on the training words only; spelling: what the encoder reads "
+        "(the decoder writes characters whatever this is)",
     )
     vocab_size: int = Field(
         1000, ge=32, le=100_000, description="bpe: tokens at most, specials and letters included"
@@ -155,11 +157,6 @@ class DataConfig(Frozen):
             )
         if self.name == "words" and len(self.languages) < 2:
             raise ValueError(f"data.languages = {list(self.languages)}: words needs 2 or more")
-        if self.name == "spelling" and self.tokenizer != "char":
-            raise ValueError(
-                f"data.tokenizer = {self.tokenizer!r}: spelling reads and writes characters; "
-                "allowed: 'char'"
-            )
         return self
 
     @property
@@ -579,6 +576,13 @@ class Experiment(Frozen):
             self.model.check_input(shape)
         except ValueError as exc:
             raise ValueError(f"{prefix}: {exc}") from None
+        shares = self.model.arch == "seq2seq" and self.model.share_embeddings
+        if shares and self.data.tokenizer != "char":
+            raise ValueError(
+                f"model.share_embeddings = true with data.tokenizer = {self.data.tokenizer!r}: "
+                "the encoder's tokens are not the characters the decoder writes; allowed: "
+                "data.tokenizer = 'char', or share_embeddings false or left out"
+            )
         return self
 
     def with_values(self, values: dict[str, Any]) -> Experiment:

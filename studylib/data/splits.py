@@ -29,6 +29,9 @@ class Splits:
     y_test: torch.Tensor
     num_classes: int  # classes; for "seq2seq", the target vocabulary
     vocab_size: int | None = None  # token ids in x (text); None: x holds numbers
+    # seq2seq: x's ids are y's (the encoder reads the characters the decoder writes), so one
+    # embedding table can serve both; False when the source has a tokenizer of its own.
+    shared_vocab: bool = False
     task: str = "classify"  # "classify": y is (N,) labels; "seq2seq": y is (N, T) token ids
     data_metrics: dict[str, float] = field(default_factory=dict)  # logged once per run (OOV)
 

@@ -58,9 +58,12 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     vocab_size: int | None = None,
+    shared_vocab: bool = False,
 ) -> nn.Module:
     """`input_shape` is one example's shape, without the batch axis; `vocab_size` is given
-    when examples are token ids (text), and then they are embedded."""
+    when examples are token ids (text), and then they are embedded. seq2seq: `num_classes` is
+    the target vocabulary, `vocab_size` the source's, `shared_vocab` whether their ids are the
+    same tokens (Splits.shared_vocab)."""
     if isinstance(cfg, MLPConfig):
         return MLP(cfg, math.prod(input_shape), num_classes)
     if isinstance(cfg, CNNConfig):
@@ -74,5 +77,5 @@ def build_model(
             raise ValueError(f"{cfg.arch} reads token ids: build_model needs the vocab_size")
         if isinstance(cfg, TextCNNConfig):
             return TextCNN(cfg, vocab_size, num_classes)
-        return Seq2Seq(cfg, vocab_size)
+        return Seq2Seq(cfg, vocab_size, num_classes, shared_vocab)
     raise TypeError(f"no model for config {type(cfg).__name__}")

@@ -7,8 +7,11 @@ the source tokens. Each decoder layer has three sublayers, each x = x + drop(f(L
   source's padding hidden; this is where the decoder reads the input;
 - the feed-forward block.
 Attention is transformer.py's MultiHeadAttention throughout (cross-attention passes `memory`).
-Source and target share one embedding table (one character vocabulary); positions are the fixed
-sinusoids, so no length is baked into the weights. A linear head gives next-token logits.
+The decoder writes characters whatever the encoder reads (data.tokenizer: characters, BPE
+sub-words or words of the noisy spelling). When the encoder reads the decoder's characters, the
+source and target share one embedding table by default (`share_embeddings`); a source with a
+tokenizer of its own has its own table. Positions are the fixed sinusoids, so no length is baked
+into the weights. A linear head gives next-token logits over the target's characters.
 
 Training uses teacher forcing: forward(src, tgt_in) sees the true previous tokens and predicts
 every next token at once. `greedy` decodes batched on the device for a fixed number of steps
@@ -56,6 +59,11 @@ class Seq2SeqConfig(FrozenConfig):
     embed_dropout: Rate = Field(None, ge=0, lt=1, description="on token + position embeddings")
     attn_dropout: Rate = Field(None, ge=0, lt=1, description="on the attention weights")
     resid_dropout: Rate = Field(None, ge=0, lt=1, description="on each residual branch")
+    share_embeddings: bool | None = Field(
+        None,
+        description="one embedding table for source and target; only when the encoder reads "
+        "characters (data.tokenizer = 'char'). None: shared under characters, else not",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Seq2SeqConfig:
@@ -137,10 +145,19 @@ class DecoderLayer(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, cfg: Seq2SeqConfig, vocab_size: int):
+    def __init__(
+        self, cfg: Seq2SeqConfig, source_vocab: int, target_vocab: int, shared_vocab: bool
+    ):
+        """`shared_vocab`: the source's ids are the target's tokens (Splits.shared_vocab); the
+        tables are then shared unless `cfg.share_embeddings` is False."""
         super().__init__()
+        if cfg.share_embeddings and not shared_vocab:
+            raise ValueError("share_embeddings: the source's tokens are not the target's")
+        shared = shared_vocab and cfg.share_embeddings is not False
+        if shared and source_vocab != target_vocab:
+            raise ValueError(f"shared vocabularies of {source_vocab} and {target_vocab} tokens")
         self.d_model, self.heads = cfg.d_model, cfg.heads
-        self.embed = nn.Embedding(vocab_size, cfg.d_model)  # source and target alike
+        self.embed = nn.Embedding(target_vocab, cfg.d_model)  # the target's (and a shared source)
         self.register_buffer("position", sinusoids(MAX_POSITIONS, cfg.d_model)[None], False)
         self.embed_dropout = nn.Dropout(cfg.rate(cfg.embed_dropout))
         layer_cfg = cfg.layer_config()
@@ -148,22 +165,24 @@ class Seq2Seq(nn.Module):
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, vocab_size)
+        self.head = nn.Linear(cfg.d_model, target_vocab)
+        # Made last: a shared model draws its weights exactly as before the option existed.
+        self.source_embed = None if shared else nn.Embedding(source_vocab, cfg.d_model)
 
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_dropout(self.embed(ids) + self.position[:, : ids.shape[1]])  # (B, T, d)
+    def embed_tokens(self, ids: torch.Tensor, table: nn.Embedding) -> torch.Tensor:
+        return self.embed_dropout(table(ids) + self.position[:, : ids.shape[1]])  # (B, T, d)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src: (B, S) ids -> memory (B, S, d) and its padding mask (B, S)."""
         padding = src == PAD_ID
-        h = self.embed_tokens(src)
+        h = self.embed_tokens(src, self.embed if self.source_embed is None else self.source_embed)
         for layer in self.encoder:
             h = layer(h, padding)
         return self.encoder_norm(h), padding
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, padding: torch.Tensor):
         """tgt_in: (B, T) ids starting with <bos> -> next-token logits (B, T, vocab)."""
-        y = self.embed_tokens(tgt_in)
+        y = self.embed_tokens(tgt_in, self.embed)
         for layer in self.decoder:
             y = layer(y, memory, padding)
         return self.head(self.decoder_norm(y))

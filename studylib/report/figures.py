@@ -562,8 +562,9 @@ def family_test_accuracy(groups, path: Path) -> str:
 
 def tokenizer_label(runs: pd.DataFrame) -> pd.Categorical:
     """ "char", "bpe 1000" (BPE with its vocabulary size knob), "word": finest units first."""
-    # Runs log only the data fields their data set reads: spelling has no tokenizer param (it
-    # always spells in characters), and vocab_size is logged under BPE (or for spelling) only.
+    # Runs log only the data fields their data set reads: vocab_size under BPE only. Spelling
+    # runs recorded before the encoder could read sub-words or words have no tokenizer param:
+    # they read characters.
     blank = pd.Series(index=runs.index, dtype=object)
     kind = runs.get("data.tokenizer", blank).fillna("char").astype(str)
     size = pd.to_numeric(runs.get("data.vocab_size", blank), errors="coerce").fillna(0).astype(int)

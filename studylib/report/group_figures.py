@@ -33,12 +33,15 @@ def member_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
 
 
 def member_table(runs: pd.DataFrame, group: str) -> pd.DataFrame:
-    """Per member and arm: seeds, test accuracy and, where logged, tokens per word and OOV."""
+    """Per member and arm: seeds, test accuracy and, where logged, tokens per word and OOV;
+    for spelling also the test loss per character and the exact match of copying the input."""
     rows = []
     for (member, arm), mine in member_runs(runs, group).groupby(["member", "arm"], sort=False):
         row = {"member": member, "arm": arm, "seeds": len(mine)}
         row["test acc"] = str(mean_ci(mine["test_acc"]))
-        for column in ("tokens_per_word/val", "oov_rate/test", "train_seconds"):
+        spelling = "copy_acc/test" in mine and mine["copy_acc/test"].notna().any()
+        extra = ("test_loss", "copy_acc/test") if spelling else ()
+        for column in (*extra, "tokens_per_word/val", "oov_rate/test", "train_seconds"):
             if column in mine and mine[column].notna().any():
                 row[column] = str(mean_ci(mine[column]))
         rows.append(row)

@@ -147,7 +147,9 @@ def run_trial(
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
-    model = build_model(exp.model, splits.input_shape, splits.num_classes, splits.vocab_size)
+    model = build_model(
+        exp.model, splits.input_shape, splits.num_classes, splits.vocab_size, splits.shared_vocab
+    )
     model = model.to(device)
     parameters = sum(p.numel() for p in model.parameters())
     run = start_trial_run(

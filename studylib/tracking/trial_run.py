@@ -49,7 +49,14 @@ DATA_FIELDS = {
     "mnist1d": {"num_train", "num_test", "length", "generation_seed", "shuffle_seq"},
     "digits": set(),
     "words": {"languages", "words_per_language", "shared_words", "tokenizer", "vocab_size"},
-    "spelling": {"languages", "words_per_language", "shared_words", "typo_rate", "vocab_size"},
+    "spelling": {
+        "languages",
+        "words_per_language",
+        "shared_words",
+        "tokenizer",
+        "typo_rate",
+        "vocab_size",
+    },
 }
 COMMON_DATA = {"name", "val_fraction", "train_examples", "label_noise"}
 ONLY_SOME = set().union(*DATA_FIELDS.values())
@@ -57,9 +64,9 @@ ONLY_SOME = set().union(*DATA_FIELDS.values())
 
 def applicable_params(exp: Experiment) -> dict[str, str]:
     """The resolved config as MLflow params (`exp.flat()`), less the data fields that this
-    run's data set does not read (`data.vocab_size` only under BPE or for spelling)."""
+    run's data set does not read (`data.vocab_size` only under BPE)."""
     keep = DATA_FIELDS[exp.data.name]
-    if exp.data.name == "words" and exp.data.tokenizer != "bpe":
+    if exp.data.is_text and exp.data.tokenizer != "bpe":
         keep = keep - {"vocab_size"}
     out = {}
     for key, value in exp.flat().items():

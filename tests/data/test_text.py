@@ -167,6 +167,7 @@ def test_spelling_splits_pair_noisy_sources_with_clean_targets(data_cache):
     splits = load_splits(cfg, 0, data_cache)
     again = load_splits(cfg, 0, data_cache)
     assert splits.task == "seq2seq" and splits.num_classes == splits.vocab_size
+    assert splits.shared_vocab  # characters in, characters out: one vocabulary
     assert torch.equal(splits.x_val, again.x_val)  # noise is seeded
     pairs = [spelling_pairs(cfg, seed, word_splits(cfg, seed, data_cache)) for seed in (0, 1)]
     assert pairs[0]["test"] == pairs[1]["test"]  # the test words and their noise are fixed
@@ -177,6 +178,59 @@ def test_spelling_splits_pair_noisy_sources_with_clean_targets(data_cache):
     assert (splits.y_train.gather(1, (lengths - 1)[:, None]) == EOS_ID).all()
     copy = splits.data_metrics["copy_acc/val"]
     assert 0.05 < copy < 0.6  # most words were edited; the untouched ones are the floor
+
+
+SPELLING = DataConfig(name="spelling", languages=("en", "de", "fr"), words_per_language=300)
+
+
+def test_spelling_encoder_reads_its_tokens_while_the_decoder_writes_characters(data_cache):
+    chars = load_splits(SPELLING, 0, data_cache)
+    words = word_splits(SPELLING, 0, data_cache)
+    noisy_val = spelling_pairs(SPELLING, 0, words)["val"][0]
+    for kind in ("bpe", "word"):
+        cfg = SPELLING.model_copy(update={"tokenizer": kind, "vocab_size": 120})
+        splits = load_splits(cfg, 0, data_cache)
+        # The target side is the character model's, tensor for tensor: scores compare.
+        for name in ("y_train", "y_val", "y_test"):
+            assert torch.equal(getattr(splits, name), getattr(chars, name)), (kind, name)
+        assert splits.num_classes == chars.num_classes and not splits.shared_vocab
+        # The source: the noisy spelling in this tokenizer's ids, fitted on training words only.
+        source = fit_tokenizer(kind, words.train, 120)
+        assert splits.vocab_size == source.vocab_size == splits.data_metrics["vocab_size"]
+        assert torch.equal(splits.x_val, text.pad(source.encode(noisy_val), splits.x_val.shape[1]))
+        assert splits.data_metrics["target_vocab_size"] == chars.num_classes
+    bpe = load_splits(
+        SPELLING.model_copy(update={"tokenizer": "bpe", "vocab_size": 120}), 0, data_cache
+    )
+    # A merge only joins tokens: BPE never lengthens a word, and here it shortens them.
+    bpe_lengths = (bpe.x_val != PAD_ID).sum(dim=1)
+    char_lengths = (chars.x_val != PAD_ID).sum(dim=1)
+    assert (bpe_lengths <= char_lengths).all()
+    assert bpe.data_metrics["tokens_per_word/val"] < chars.data_metrics["tokens_per_word/val"]
+
+
+def test_word_tokens_leave_the_spelling_model_nearly_no_input_on_held_out_words(data_cache):
+    """By construction, not a claim: under word tokens a noisy held-out spelling is <unk>
+    unless its typos happen to make a training word, and that word is never the target (splits
+    are disjoint by word). Whatever a model computes from its input, it can be right on at most
+    one held-out word per distinct input (the words are distinct), so exact match is bounded
+    by (distinct inputs) / words: about 0 here, against about 1 under characters."""
+    cfg = SPELLING.model_copy(update={"tokenizer": "word"})
+    words = word_splits(cfg, 0, data_cache)
+    vocabulary = set(words.train)
+    for name in ("val", "test"):
+        noisy, targets = spelling_pairs(cfg, 0, words)[name]
+        assert not vocabulary & set(targets)  # no held-out word is known
+        known = [(n, t) for n, t in zip(noisy, targets, strict=True) if n in vocabulary]
+        assert all(n != t for n, t in known)  # a known input is another word
+        splits = load_splits(cfg, 0, data_cache)
+        x = getattr(splits, f"x_{name}")
+        assert x.shape[1] == 1 and (x == UNK_ID).sum() == len(targets) - len(known)
+        assert splits.data_metrics[f"oov_rate/{name}"] == 1 - len(known) / len(targets) > 0.97
+        bound = len({tuple(row) for row in x.tolist()}) / len(targets)
+        assert bound < 0.05, (name, bound)
+        chars = getattr(load_splits(SPELLING, 0, data_cache), f"x_{name}")
+        assert len({tuple(row) for row in chars.tolist()}) / len(targets) > 0.9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +267,11 @@ def test_bad_text_fields_are_one_line_errors(tmp_path, data, words):
         ('[data]\nname = "words"\n[model]\narch = "rnn"\npatch = 2', ["model.patch = 2"]),
         ('[data]\nname = "words"\n[model]\narch = "seq2seq"', ["spelling", "seq2seq"]),
         ('[data]\nname = "spelling"\n[model]\narch = "textcnn"', ["spelling", "seq2seq"]),
-        ('[data]\nname = "spelling"\ntokenizer = "bpe"\n[model]\narch = "seq2seq"', ["'char'"]),
+        (
+            '[data]\nname = "spelling"\ntokenizer = "bpe"\n[model]\narch = "seq2seq"\n'
+            "share_embeddings = true",
+            ["model.share_embeddings = true", "data.tokenizer = 'bpe'", "allowed:"],
+        ),
         ('[data]\ntokenizer = "bpe"', ["data.tokenizer = 'bpe' applies to words and spelling"]),
         ('[data]\nname = "words"\nlength = 20', ["data.length = 20 applies to mnist1d only"]),
         ('[data]\nname = "words"\ntypo_rate = 0.2', ["data.typo_rate", "spelling only"]),

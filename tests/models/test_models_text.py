@@ -130,7 +130,46 @@ def test_cross_attention_equals_torch_sdpa_on_the_same_weights():
 def seq2seq_model(seed: int = 0):
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=2, ff=32)
-    return build_model(cfg, (6,), VOCAB, VOCAB).eval()
+    return build_model(cfg, (6,), VOCAB, VOCAB, shared_vocab=True).eval()
+
+
+SOURCE_VOCAB = 250  # BPE ids on the encoder's side; the decoder writes VOCAB characters
+
+
+def test_the_encoder_may_read_tokens_of_its_own_while_the_decoder_writes_characters():
+    cfg = Seq2SeqConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff=32)
+    torch.manual_seed(0)
+    shared = build_model(cfg, (6,), VOCAB, VOCAB, shared_vocab=True)
+    assert shared.source_embed is None  # one table for characters in and out
+    torch.manual_seed(0)
+    untied = build_model(
+        cfg.model_copy(update={"share_embeddings": False}), (6,), VOCAB, VOCAB, True
+    )
+    # Same draws up to the extra table, which comes last: only the source's table differs.
+    for name, weight in shared.state_dict().items():
+        assert torch.equal(untied.state_dict()[name], weight), name
+    assert set(untied.state_dict()) - set(shared.state_dict()) == {"source_embed.weight"}
+
+    torch.manual_seed(0)
+    model = build_model(cfg, (6,), VOCAB, SOURCE_VOCAB).eval()  # shared_vocab False: BPE in
+    assert model.source_embed.num_embeddings == SOURCE_VOCAB
+    assert model.embed.num_embeddings == VOCAB == model.head.out_features
+    src = torch.randint(4, SOURCE_VOCAB, (4, 5))
+    src[1, 3:] = PAD_ID
+    tgt = torch.randint(4, VOCAB, (4, 6))
+    tgt[:, 0] = BOS_ID
+    assert model(src, tgt).shape == (4, 6, VOCAB)
+    decoded = model.greedy(src, 6)
+    assert decoded.max() < VOCAB
+    with torch.no_grad():  # the incremental decoder still equals decoding from scratch
+        memory, padding = model.encode(src)
+        out = torch.full((4, 1), BOS_ID)
+        for _ in range(6):
+            logits = model.decode(out, memory, padding)[:, -1]
+            out = torch.cat([out, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    assert torch.equal(decoded, out[:, 1:])
+    with pytest.raises(ValueError, match="share_embeddings"):
+        build_model(cfg.model_copy(update={"share_embeddings": True}), (6,), VOCAB, SOURCE_VOCAB)
 
 
 def test_decoder_is_causal_and_reads_the_source_through_cross_attention():

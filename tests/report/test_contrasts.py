@@ -21,6 +21,7 @@ from studylib.report.contrasts import (
     ORDER_MARGIN,
     group_claims,
 )
+from studylib.report.group_figures import member_table
 
 SEEDS = (0, 1, 2, 3, 4)
 NOISE = (0.004, -0.003, 0.001, -0.002, 0.000)
@@ -170,3 +171,61 @@ def test_holm_is_within_each_declared_family():
 
 def test_groups_without_runs_are_left_out():
     assert group_claims(runs("depth", {"plain": {"test_acc": shifted(0.0)}}), pd.DataFrame()) == {}
+
+
+def test_spelling_token_claims_each_way():
+    exact_match = "BPE input beats character input on test exact match (spelling)"
+    shorter = "BPE makes the encoder's input shorter than characters do (noisy spellings)"
+    per_word = [6.3, 6.4, 6.2, 6.35, 6.3]
+
+    def frame(bpe_by: float, bpe_length_by: float, noise=NOISE) -> pd.DataFrame:
+        return runs(
+            "spelling_tokens",
+            {
+                "char": {"test_acc": shifted(0.0, noise=(0,) * 5), "tokens_per_word/val": per_word},
+                "bpe": {
+                    "test_acc": shifted(bpe_by, noise=noise),
+                    "tokens_per_word/val": shifted(
+                        bpe_length_by, per_word, (0.0, 0.05, 0.0, 0.02, 0.1)
+                    ),
+                },
+                # Word tokens: exact match near 0 by construction, context and no claim.
+                "word": {"test_acc": [0.0003] * 5, "tokens_per_word/val": [1.0] * 5},
+            },
+        )
+
+    got = verdicts(frame(+0.05, -2.0))
+    assert got == {exact_match: SUPPORTED, shorter: SUPPORTED}
+    got = verdicts(frame(-0.15, +0.5))  # characters ahead; BPE longer (it never can be)
+    assert got == {exact_match: CONTRADICTED, shorter: CONTRADICTED}
+    assert verdicts(frame(0.0, -2.0, noise=(0.01, -0.02, 0.0, 0.015, -0.01)))[exact_match] == (
+        INCONCLUSIVE
+    )
+    alone = frame(0.05, -2.0)
+    got = verdicts(alone[~alone["experiment"].str.endswith("-bpe")])
+    assert got == {exact_match: NOT_MEASURED, shorter: NOT_MEASURED}
+    # Each claim is its own family: Holm leaves a lone p as it is.
+    results = group_claims(frame(+0.05, -2.0), pd.DataFrame())["spelling_tokens"]
+    assert all(r.main.p_holm == pytest.approx(r.main.test.p) for r in results)
+    assert len({c.family for c in GROUP_CLAIMS["spelling_tokens"]}) == 2
+    assert not any("word" in (c.a.member, c.b.member) for c in GROUP_CLAIMS["spelling_tokens"])
+
+
+def test_spelling_members_show_loss_per_character_and_the_copy_floor():
+    spelling = runs(
+        "spelling_tokens",
+        {
+            member: {
+                "test_acc": shifted(0.0),
+                "test_loss": [0.7] * 5,
+                "copy_acc/test": [0.53] * 5,
+                "tokens_per_word/val": [6.3] * 5,
+            }
+            for member in ("char", "bpe")
+        },
+    )
+    table = member_table(spelling, "spelling_tokens")
+    assert list(table["member"]) == ["char", "bpe"]
+    assert {"test_loss", "copy_acc/test", "tokens_per_word/val"} <= set(table.columns)
+    words = runs("subwords", {"char": {"test_acc": shifted(0.0), "test_loss": [1.0] * 5}})
+    assert "test_loss" not in member_table(words, "subwords").columns  # classification: as before
