@@ -486,7 +486,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
             print_summary(summary)
         if exp.ablation is not None:
-            ablation = run_ablation(exp, settings)
+            ablation = run_ablation(exp, settings, workers=launch.jobs)
             print(
                 f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} "
                 f"already done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
