@@ -230,6 +230,17 @@ def open_ledger(
     return study
 
 
+def open_ledger_records(
+    exp: Experiment, settings: Settings
+) -> tuple[optuna.Study, optuna.storages.BaseStorage, Tracker]:
+    """The ledger, its storage and the MLflow experiment, without the data: what a launcher
+    that trains nothing itself opens (loops.open_records' counterpart)."""
+    # Optuna creates its tables in a fresh database without a lock (loops.open_records).
+    with exclusive(settings.storage, "optuna-init"):
+        storage = make_storage(settings.storage, settings.heartbeat_seconds)
+    return open_ledger(exp, settings, storage), storage, open_tracker(exp, settings)
+
+
 def open_ablation_share(
     exp: Experiment,
     settings: Settings,
@@ -242,16 +253,14 @@ def open_ablation_share(
     """What a process needs to run its share of an ablation's units (loops.open_share's
     counterpart): the ledger as its study, the arms' work as its unit."""
     assert exp.ablation is not None and not new_study
-    with exclusive(settings.storage, "optuna-init"):
-        storage = make_storage(settings.storage, settings.heartbeat_seconds)
-    ledger = open_ledger(exp, settings, storage)
+    ledger, storage, tracker = open_ledger_records(exp, settings)
     work = ArmWork(exp, settings, resolve_device(settings.device))
     return Share(
         exp,
         settings,
         ledger,
         storage,
-        open_tracker(exp, settings),
+        tracker,
         work.data(exp.ablation.tuning_seed_used),
         total,
         progress,

@@ -235,9 +235,14 @@ class RayEngine:
         spec = self.worker_spec(spec)
         options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         where = self.config.address or f"a Ray started here on {self.config.host}"
+        what = (
+            f"the [ablation] units of {spec.exp.name}"
+            if spec.part == "ablation"
+            else f"study {spec.exp.name}"
+        )
         return (
             f"ray: {self.jobs} tasks of studylib.sweep.launchers.ray.ray_worker on {where} "
-            f"({options}), each the trial loop of study {spec.exp.name} with {spec.threads} "
+            f"({options}), each the trial loop of {what} with {spec.threads} "
             f"torch threads, storage {redact(spec.settings.storage)}, tracking "
             f"{redact(spec.settings.tracking_uri)}"
             + (", driven by a detached actor" if self.detach else "")

@@ -33,7 +33,16 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from bench import faults
-from studylib.names import FAILURE_ATTR, LAUNCHER_TAG, OWNER_ATTR, REASON_ATTR, RUN_ID_ATTR
+from studylib.config import load_experiment
+from studylib.names import (
+    FAILURE_ATTR,
+    LAUNCHER_TAG,
+    OWNER_ATTR,
+    REASON_ATTR,
+    RUN_ID_ATTR,
+    STRENGTHS_TAG,
+)
+from studylib.sweep.ablation import ablation_steps, arm_tuning, ledger_name, tuning_name
 from studylib.sweep.owners import JobOwner, slurm_task_states
 from studylib.sweep.recovery import close_dead_sweeps
 from studylib.tracking import Tracker
@@ -167,6 +176,51 @@ def check_complete_sweep(stack: Stack, proc: faults.Proc) -> None:
     assert SECRET not in proc.stdout() + proc.stderr()
 
 
+ABLATION = """
+[sweep.search.l2]
+low = 1e-6
+high = 1e-2
+log = true
+allow_zero = true
+[ablation]
+seeds = [0, 1]
+arms = ["baseline", "l2", "all"]
+tune_trials = 2
+[ablation.strength]
+dropout = 0.3
+l1 = 1e-3
+weight_decay = 0.05
+patience = 1
+"""
+ARMS_X_SEEDS = 6
+
+
+def check_complete_ablation(stack: Stack, proc: faults.Proc, path: Path) -> None:
+    """The [ablation] launched after the sweep: every unit of its ledger COMPLETE once, each
+    tuning study at exactly its budget, each (arm, seed) one FINISHED arm run, every tuning
+    run FINISHED, its parent run FINISHED with the strengths."""
+    exp = load_experiment(path)
+    steps = ablation_steps(exp)
+    units = faults.trials_of(stack.storage, ledger_name(exp))
+    assert len(units) == len(steps) and all(t.state == TrialState.COMPLETE for t in units)
+    tuned = [arm for arm in exp.ablation.arms if arm_tuning(exp, arm).space]
+    assert tuned == ["l2", "all"]
+    for arm in tuned:
+        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        assert len(tuning) == arm_tuning(exp, arm).budget
+        assert all(t.state == TrialState.COMPLETE for t in tuning)
+    arms = runs_of(stack, "arm")
+    cells = [(r.data.tags["studylib.arm"], r.data.tags["studylib.ablation_seed"]) for r in arms]
+    assert len(cells) == len(set(cells)) == ARMS_X_SEEDS
+    assert all(r.info.status == "FINISHED" for r in arms)
+    tunes = runs_of(stack, "tune")
+    assert len(tunes) == 4 and all(r.info.status == "FINISHED" for r in tunes)
+    (parent,) = runs_of(stack, "ablation")
+    assert parent.info.status == "FINISHED"
+    assert set(json.loads(parent.data.tags[STRENGTHS_TAG])) == set(exp.ablation.arms)
+    assert f"ablation of faults: {len(steps)} units done ({len(steps)} run now" in proc.stdout()
+
+
 def check_recovered(stack: Stack, victim: int, failure: str, reason: str) -> None:
     """After one worker was stopped mid-trial: the study holds TRIALS counted trials; the
     victim is FAIL (`failure`, `reason`) with its run KILLED; it ran again with the same
@@ -261,6 +315,15 @@ def test_slurm_sweep_of_8_trials_on_2_tasks(slurm, stack):
         ).stdout
     )
     assert SECRET not in shown
+
+
+def test_slurm_sweep_and_ablation_on_2_tasks(slurm, stack):
+    """A sweep and an [ablation]: both launched as job arrays, the ablation's units (tune an
+    arm, run an arm on a seed) claimed by the tasks like trials; every count exact."""
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS, extra=ABLATION)
+    proc = launch(stack, exp, "--launcher", "slurm", "--jobs", "2", "--one-machine")
+    check_complete_sweep(stack, proc)
+    check_complete_ablation(stack, proc, exp)
 
 
 def test_slurm_scancel_of_a_task_mid_trial_loses_nothing(slurm, stack):
@@ -404,6 +467,25 @@ def test_ray_sweep_of_8_trials_on_2_workers(ray_installed, stack):
     assert (
         parent.data.tags[LAUNCHER_TAG] == "2 Ray tasks on a Ray started on this machine (127.0.0.1)"
     )
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
+def test_ray_populations_of_2_on_2_workers(ray_installed, stack):
+    """--population 2 under a launcher: each Ray worker trains two trials at once as one
+    batched model; the study still ends at exactly 8 trials and 8 runs."""
+    before = ray_processes()
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS)
+    proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2", "--population", "2")
+    check_complete_sweep(stack, proc)
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
+def test_ray_sweep_and_ablation_on_2_workers(ray_installed, stack):
+    before = ray_processes()
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS, extra=ABLATION)
+    proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2")
+    check_complete_sweep(stack, proc)
+    check_complete_ablation(stack, proc, exp)
     faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
 
 
