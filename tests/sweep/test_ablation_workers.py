@@ -8,13 +8,14 @@ import signal
 import time
 
 import optuna
+import pytest
 from conftest import local_settings
 from mlflow import MlflowClient
 
 from bench.faults import start, sweep_argv, wait_until, write_experiment
 from studylib.config import ARMS, load_experiment
-from studylib.names import FAILURE_ATTR, OWNER_ATTR
-from studylib.sweep import workers
+from studylib.names import ARM_TAG, FAILURE_ATTR, OWNER_ATTR, ROLE_TAG
+from studylib.sweep import ablation, workers
 from studylib.sweep.ablation import (
     ablation_steps,
     arm_tuning,
@@ -26,10 +27,15 @@ from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials
 
 
-def arm_figures(tracking_uri: str) -> dict[tuple[str, str], tuple[float, float, str]]:
+def arm_figures(
+    tracking_uri: str, finished_only: bool = False
+) -> dict[tuple[str, str], tuple[float, float, str]]:
+    """(arm, seed) -> (test_acc, selected_val_loss, status) of the arm runs, each cell once."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'arm'")
+    if finished_only:
+        runs = [r for r in runs if r.info.status == "FINISHED"]
     cells = [(r.data.tags["studylib.arm"], r.data.tags["studylib.ablation_seed"]) for r in runs]
     assert len(cells) == len(set(cells))  # each (arm, seed) once
     return {
@@ -168,3 +174,30 @@ def test_kill9_of_a_worker_mid_ablation_then_resume(tmp_path):
     assert sorted(finished) == sorted(
         (arm, seed) for arm in ("baseline", "l2", "all") for seed in ("0", "1")
     )
+
+
+def test_a_unit_that_crashed_is_queued_again_by_the_next_invocation(
+    tiny_ablation, settings, monkeypatch
+):
+    """A crash is not retried (it would crash again), so the sweep fails; the next invocation
+    finds the unit held by no trial and queues it again: the ledger ends at exactly its units."""
+    exp = tiny_ablation.with_values({"ablation.arms": ["baseline", "l2"], "ablation.seeds": [0]})
+    real = ablation.run_trial
+
+    def crash_the_l2_arm(cfg, splits, tracker, **kwargs):
+        if kwargs["tags"].get(ROLE_TAG) == "arm" and kwargs["tags"][ARM_TAG] == "l2":
+            raise RuntimeError("boom")
+        return real(cfg, splits, tracker, **kwargs)
+
+    monkeypatch.setattr(ablation, "run_trial", crash_the_l2_arm)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_ablation(exp, settings)
+    monkeypatch.setattr(ablation, "run_trial", real)
+    summary = run_ablation(exp, settings)
+    assert (summary.runs_done, summary.runs_skipped) == (1, 1)
+    ledger = optuna.load_study(study_name=ledger_name(exp), storage=make_storage(settings.storage))
+    assert counted_trials(ledger) == len(ablation_steps(exp)) == 3
+    failed = [t for t in ledger.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs[FAILURE_ATTR] for t in failed] == ["crashed"]
+    figures = arm_figures(settings.tracking_uri, finished_only=True)
+    assert set(figures) == {("baseline", "0"), ("l2", "0")}
