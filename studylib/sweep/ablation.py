@@ -226,7 +226,7 @@ def open_ledger(
         queue_retries(study)  # a retry queued before the units counted as missing
         count = len(ablation_steps(exp))
         for index in missing_steps(study.get_trials(deepcopy=False), count):
-            study.enqueue_trial({STEP_PARAM: index}, skip_if_exists=False)
+            study.enqueue_trial({STEP_PARAM: index})
     return study
 
 
