@@ -489,6 +489,50 @@ def test_ray_sweep_and_ablation_on_2_workers(ray_installed, stack):
     faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
 
 
+def test_ray_worker_killed_mid_ablation_loses_nothing(ray_installed, stack):
+    """kill -9 of a Ray worker process while it works on an ablation unit (a tuning, or an
+    arm run): the unit is failed and run again (a tuning resumed where it stood); every
+    (arm, seed) ends with one FINISHED run, nothing is left RUNNING in Optuna or MLflow."""
+    before = ray_processes()
+    path = faults.write_experiment(stack.folder, epochs=LONG_EPOCHS, trials=0, extra=ABLATION)
+    exp = load_experiment(path)
+    proc = launch(stack, path, "--launcher", "ray", "--jobs", "2")
+
+    def a_unit_in_progress():
+        for t in faults.trials_of(stack.storage, ledger_name(exp)):
+            if t.state == TrialState.RUNNING and OWNER_ATTR in t.user_attrs:
+                return t
+        return None
+
+    victim = faults.wait_until(a_unit_in_progress, 600, "a unit in progress", every=0.05)
+    time.sleep(1.0)  # into its training
+    os.kill(victim.user_attrs[OWNER_ATTR]["pid"], signal.SIGKILL)
+    assert proc.wait(900) == 0, proc.stderr()[-3000:]
+    units = faults.trials_of(stack.storage, ledger_name(exp))
+    assert faults.counted(units) == len(ablation_steps(exp))
+    assert not [t for t in units if t.state == TrialState.RUNNING]
+    failed = [t for t in units if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [victim.number]
+    assert failed[0].user_attrs[FAILURE_ATTR] == "killed"
+    for arm in ("l2", "all"):
+        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        assert faults.counted(tuning) == arm_tuning(exp, arm).budget
+        assert not [t for t in tuning if t.state == TrialState.RUNNING]
+    client = MlflowClient(stack.server_url)
+    experiment = client.get_experiment_by_name(faults.STUDY)
+    every = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in every if r.info.status == "RUNNING"] == []
+    finished = sorted(
+        (r.data.tags["studylib.arm"], r.data.tags["studylib.ablation_seed"])
+        for r in runs_of(stack, "arm")
+        if r.info.status == "FINISHED"
+    )
+    assert finished == sorted((a, s) for a in exp.ablation.arms for s in ("0", "1"))
+    (parent,) = runs_of(stack, "ablation")
+    assert parent.info.status == "FINISHED"
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
 def test_ray_worker_killed_mid_trial_loses_nothing(ray_installed, stack):
     """kill -9 of a Ray worker process while it trains: Ray starts the task again; the trial
     it was on is failed (its worker is gone) and runs again; nothing is lost."""
