@@ -514,12 +514,11 @@ def tune_arm(
     and queued again with the same parameters)."""
     assert exp.ablation is not None
     seed = exp.ablation.tuning_seed_used
-    study = optuna.create_study(
-        study_name=f"{exp.name}.ablation.{arm}.{ablation_key(exp)}",
-        storage=storage,
-        direction="minimize",
-        load_if_exists=True,
-    )
+    name = tuning_name(exp, arm)
+    if study_exists(storage, name):  # loaded: a journal records every create call
+        study = optuna.load_study(study_name=name, storage=storage)
+    else:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     for note in fail_dead_tuning(study, storage, tracker):
         say(note)
 
