@@ -243,13 +243,15 @@ def _add_speed_args(parser: argparse.ArgumentParser, workers: bool = True) -> No
             "--workers",
             type=_positive_int,
             default=1,
-            help="worker processes on this machine sharing the study (default 1)",
+            help="worker processes on this machine sharing the study and the [ablation]'s "
+            "units (default 1)",
         )
         speed.add_argument(
             "--population",
             type=_population,
             default=1,
-            help="train this many trials at once as one batched model, in each worker (default 1)",
+            help="train this many trials at once as one batched model, in each worker (default "
+            "1); an [ablation]'s units run one at a time",
         )
     speed.add_argument(
         "--precision",
@@ -475,7 +477,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if launch.kind != "local":
         return launch_sweeps(experiments, settings, launch, args)
     for exp in experiments:
-        if exp.sweep.trials > 0 and (exp.sweep.search or exp.ablation is None):
+        if _has_sweep(exp):
             summary = run_sweep(
                 exp,
                 settings,
@@ -486,7 +488,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
             print_summary(summary)
         if exp.ablation is not None:
-            ablation = run_ablation(exp, settings)
+            ablation = run_ablation(exp, settings, workers=launch.jobs)
             print(
                 f"ablation of {exp.name}: {ablation.runs_done} runs ({ablation.runs_skipped} "
                 f"already done, {ablation.seconds:.1f} s); strengths {ablation.strengths}"
@@ -525,6 +527,7 @@ def launch_sweeps(
     from studylib.sweep.launchers import (  # start-up cost: see main
         check_launch,
         dry_run,
+        launch_ablation,
         launch_sweep,
         make_engine,
     )
@@ -534,30 +537,44 @@ def launch_sweeps(
         check_launch(exp, settings, launch)
         engines.append(make_engine(launch, exp))
     for exp, engine in zip(experiments, engines, strict=True):
+        sweep = _has_sweep(exp)
         if launch.dry_run:
-            print(dry_run(exp, settings, launch, engine, args.trials, args.population))
+            if sweep:
+                print(dry_run(exp, settings, launch, engine, args.trials, args.population))
+            if exp.ablation is not None:
+                print(dry_run(exp, settings, launch, engine, None, 1, part="ablation"))
             continue
-        outcome = launch_sweep(
-            exp,
-            settings,
-            launch,
-            engine,
-            args.trials,
-            new_study=args.new_study,
-            population=args.population,
-        )
-        if outcome.detached is not None:
-            print(f"study {outcome.study_name}: submitted; watch: {outcome.detached}")
-        else:
-            print_summary(outcome)
-        if exp.ablation is not None:
-            print(
-                f"the [ablation] of {exp.name} runs its arms in one process: run it with "
-                f"`studylib sweep {args.experiment}` (--launcher local) once the sweep is done"
+        if sweep:
+            outcome = launch_sweep(
+                exp,
+                settings,
+                launch,
+                engine,
+                args.trials,
+                new_study=args.new_study,
+                population=args.population,
             )
+            if outcome.detached is not None:
+                print(f"study {outcome.study_name}: submitted; watch: {outcome.detached}")
+            else:
+                print_summary(outcome)
+        if exp.ablation is not None:
+            done = launch_ablation(exp, settings, launch, engine)
+            if done.detached is not None:
+                print(f"ablation of {exp.name}: submitted; watch: {done.detached}")
+            else:
+                print(
+                    f"ablation of {exp.name}: {done.trials_done} units done ({done.trials_run} "
+                    f"run now, {done.seconds:.1f} s)"
+                )
     if not launch.dry_run:
         print(f"MLflow: {redact(settings.tracking_uri)} (make ui); report: make report")
     return 0
+
+
+def _has_sweep(exp: Experiment) -> bool:
+    """Whether an experiment's file asks for a sweep (an [ablation] may come alone)."""
+    return exp.sweep.trials > 0 and (bool(exp.sweep.search) or exp.ablation is None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

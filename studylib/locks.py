@@ -23,7 +23,7 @@ import functools
 import hashlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sqlalchemy
@@ -40,13 +40,26 @@ class LockTimeout(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(target: str, name: str) -> Iterator[None]:
-    """Hold the lock `name` of `target` (a journal path or a database URL) for the block."""
+def exclusive(
+    target: str,
+    name: str,
+    *,
+    wait_seconds: float = WAIT_SECONDS,
+    on_wait: Callable[[], None] | None = None,
+    apart: bool = False,
+) -> Iterator[None]:
+    """Hold the lock `name` of `target` (a journal path or a database URL) for the block.
+
+    `apart`: a lock of its own for a long hold (an ablation arm's tuning, minutes), not the
+    file's lock that every claim takes (on PostgreSQL every name is a lock of its own anyway);
+    `on_wait` runs while waiting (a stop signal raised there), `wait_seconds` bounds the wait."""
+    wait = functools.partial(_wait_for, seconds=wait_seconds, on_wait=on_wait)
     if target.startswith("postgresql"):
-        with _advisory_lock(target, name):
+        with _advisory_lock(target, name, wait):
             yield
     elif target.startswith("sqlite:///"):
-        with _file_lock(Path(target.removeprefix("sqlite:///") + LOCK_SUFFIX)):
+        path = target.removeprefix("sqlite:///")
+        with _file_lock(Path(path + _apart(name, apart) + LOCK_SUFFIX), wait):
             yield
     elif "://" in target:
         warnings.warn(
@@ -56,15 +69,22 @@ def exclusive(target: str, name: str) -> Iterator[None]:
         )
         yield
     else:
-        with _file_lock(Path(target)):
+        path = Path(target + _apart(name, apart) + LOCK_SUFFIX) if apart else Path(target)
+        with _file_lock(path, wait):
             yield
 
 
+def _apart(name: str, apart: bool) -> str:
+    """The suffix of a lock file of its own for `name` (none unless `apart`)."""
+    return f".{hashlib.sha256(name.encode()).hexdigest()[:12]}" if apart else ""
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, wait: Callable[..., None] | None = None) -> Iterator[None]:
+    wait = wait or _wait_for
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as handle:  # creates the file; never truncates a journal
-        _wait_for(lambda: _try_flock(handle), path.name)
+        wait(lambda: _try_flock(handle), path.name)
         try:
             yield
         finally:
@@ -95,23 +115,31 @@ def _advisory_key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def _advisory_lock(url: str, name: str) -> Iterator[None]:
+def _advisory_lock(url: str, name: str, wait: Callable[..., None] | None = None) -> Iterator[None]:
+    wait = wait or _wait_for
     key = _advisory_key(name)
     with _engine(url).connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         take = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
-        _wait_for(lambda: bool(conn.execute(take, {"key": key}).scalar()), f"advisory {name}")
+        wait(lambda: bool(conn.execute(take, {"key": key}).scalar()), f"advisory {name}")
         try:
             yield
         finally:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
-def _wait_for(try_once, what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+def _wait_for(
+    try_once,
+    what: str,
+    seconds: float = WAIT_SECONDS,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    deadline = time.monotonic() + seconds
     delay = 0.005
     while not try_once():
         if time.monotonic() > deadline:
-            raise LockTimeout(f"lock {what} held by another worker for over {WAIT_SECONDS:.0f} s")
+            raise LockTimeout(f"lock {what} held by another worker for over {seconds:.0f} s")
+        if on_wait is not None:
+            on_wait()
         time.sleep(delay)
         delay = min(delay * 2, 0.2)

@@ -6,7 +6,8 @@ space.py the search space; storage.py the Optuna storage; study.py how every pro
 study (pruner, sampler seed rule, settings it was created with); preflight.py every check
 made before a store is opened; recovery.py dead workers' trials; claim.py the one claim protocol; trial.py one trial's config, training and run;
 loops.py the loops every process runs (one trial or a population at a time); workers.py
-`--workers N`; run.py a whole sweep; ablation.py the controlled design over seeds.
+`--workers N`; run.py a whole sweep; ablation.py the controlled design over seeds (its units,
+tuning an arm or running it on a seed, claimed by the same loops as trials).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from studylib.tracking import (
     start_trial_run,
 )
 from studylib.tracking.store import FLUSH_SECONDS
-from studylib.train import resolve_device
+from studylib.train import TrainResult, resolve_device
 from studylib.train.population import Population, fit_population
 
 POLL_SECONDS = 1.0  # how often a process with nothing to claim looks at the others' trials
@@ -58,6 +58,32 @@ class Tally:
     ran: int = 0  # trials this process (or its workers) ran to an end
     writer_seconds: float = 0.0  # this process's writer: its own CPU time (off the path)
     writer_waited: float = 0.0  # the time this process waited for its writer (on the path)
+
+
+def sweep_unit(share: Share, trial: optuna.Trial, tracker: Tracker | Recorder) -> TrainResult:
+    """What a claimed sweep trial does: its config (sampled, or the baseline's) trained as one
+    run under the sweep's parent run, reported to the pruner each epoch."""
+    plan = trial_setup(share.exp, trial, share.storage)
+    writer = share.writer
+    return run_trial(
+        plan.exp,
+        share.splits,
+        tracker,
+        run_name=plan.run_name,
+        tags=plan.tags,
+        parent_id=share.parent_id,
+        trial=trial,
+        progress=share.progress,
+        speed=share.settings.speed,
+        before_prune=writer.settle_outcomes if writer is not None else None,
+    ).result
+
+
+# What a claimed trial does, given where its run goes: a trained result (told as a sweep
+# trial's: its selected validation loss and kept figures) or a value (told as it is). The
+# sweep's trials are `sweep_unit`; an ablation's units (tune an arm, run an arm on a seed) are
+# ablation.py's, claimed and recovered through the same loop.
+Unit = Callable[["Share", optuna.Trial, "Tracker | Recorder"], "TrainResult | float"]
 
 
 @dataclass
@@ -75,6 +101,7 @@ class Share:
     tally: Tally
     parent_id: str | None = None  # the sweep's MLflow parent run, once it exists
     writer: Writer | None = None  # writes this process's records (trial_loop starts it)
+    unit: Unit = sweep_unit  # what a claimed trial does (one at a time; populations: sweeps)
 
 
 def open_share(
@@ -93,6 +120,10 @@ def open_share(
     return Share(
         exp, settings, study, storage, tracker, splits, total, progress, Tally(), parent_id
     )
+
+
+# How a process opens its share: `open_share` (a sweep's trials) or an ablation's units.
+Opener = Callable[..., Share]
 
 
 def open_records(
@@ -123,7 +154,9 @@ def trial_loop(
     asked with trials 0..k-2 told and k-1 running (a constant liar to the sampler), whatever
     the writer's pace, and trains while k-1 is written."""
     mode = share.settings.writer
-    writer = share.writer = None if mode == "off" else Writer(share.exp, share.settings, mode)
+    writer = share.writer = (
+        None if mode == "off" else Writer(share.exp, share.settings, mode, share.study.study_name)
+    )
     pending: Message | None = None
     try:
         while not should_stop():
@@ -269,25 +302,13 @@ def run_claimed(share: Share, trial: optuna.Trial) -> Message | None:
     loop to hand to the writer (told here when there is none)."""
     progress, writer = share.progress, share.writer
     progress.start_trial(trial.number)
-    plan = trial_setup(share.exp, trial, share.storage)
     recorder = recorder_for(share, trial.number)
 
     def recorded() -> list[tuple[int, RecordedRun | None]]:
         return [(trial.number, recorder.started[-1] if recorder and recorder.started else None)]
 
     try:
-        outcome = run_trial(
-            plan.exp,
-            share.splits,
-            recorder or share.tracker,
-            run_name=plan.run_name,
-            tags=plan.tags,
-            parent_id=share.parent_id,
-            trial=trial,
-            progress=progress,
-            speed=share.settings.speed,
-            before_prune=writer.settle_outcomes if writer is not None else None,
-        )
+        result = share.unit(share, trial, recorder or share.tracker)
     except optuna.TrialPruned:
         share.tally.ran += 1
         progress.finish_trial(None)
@@ -302,7 +323,10 @@ def run_claimed(share: Share, trial: optuna.Trial) -> Message | None:
             raise tracking_error(exc, [trial.number]) from None
         raise
     share.tally.ran += 1
-    told = trained_outcome(trial.number, outcome.result)
+    if isinstance(result, TrainResult):
+        told = trained_outcome(trial.number, result)
+    else:
+        told = Outcome(trial.number, "complete", result)
     progress.finish_trial(told.value)
     return closing(share, recorded(), [told])
 

@@ -283,20 +283,22 @@ def close_dead_sweeps(
     dead: set[Worker] | frozenset[Worker] = frozenset(),
     ask_engines: bool = True,
 ) -> list[str]:
-    """Open parent runs of sweeps whose owner is dead: a process found dead (`dead`, by the
+    """Open parent runs of sweeps and ablations whose owner is dead: a process found dead (`dead`, by the
     heartbeat or here) or gone from this machine, or a Slurm or Ray job its engine says has
     ended (owners.py; only with `ask_engines`: asking squeue or Ray takes seconds, too long
     under the study's lock). Closed as KILLED; a job the engine cannot be asked about is left
     alone."""
     notes = []
-    for run in tracker.open_runs("sweep"):
+    for run in [*tracker.open_runs("sweep"), *tracker.open_runs("ablation")]:
         attr = _json(run.data.tags.get(OWNER_ATTR))
         job = JobOwner.from_attr(attr)
         if job is not None:
             if ask_engines and job.state() == "gone":
                 reason = f"its {job.describe()} has ended"
                 if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
-                    notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+                    notes.append(
+                        f"{_role(run)} run {run.info.run_name}: {reason}; closed as KILLED"
+                    )
             continue
         owner = Worker.from_attr(attr)
         if owner is None:
@@ -308,8 +310,12 @@ def close_dead_sweeps(
         else:
             continue
         if tracker.close_run(run.info.run_id, "KILLED", {REASON_TAG: reason}):
-            notes.append(f"sweep run {run.info.run_name}: {reason}; closed as KILLED")
+            notes.append(f"{_role(run)} run {run.info.run_name}: {reason}; closed as KILLED")
     return notes
+
+
+def _role(run: Any) -> str:
+    return run.data.tags.get(ROLE_TAG, "sweep")
 
 
 def _json(text: str | None) -> Any:

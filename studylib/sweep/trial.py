@@ -134,6 +134,7 @@ def run_trial(
     test_curve: bool = False,
     prune_evaluate: bool = False,
     before_prune: Callable[[], None] | None = None,
+    link: Callable[[str], None] | None = None,
 ) -> TrialOutcome:
     """Train one configuration and record it as one MLflow run.
 
@@ -144,6 +145,8 @@ def run_trial(
     also gets per-epoch `test/loss` and `test/acc`, logged once training has ended.
     `prune_evaluate` (ablation arms, `studylib train`): the kept weights' prune-and-evaluate
     figures, which the report's pruning table reads; sweep and tuning trials leave them out.
+    `link(run_id)` without a `trial`: where the run's id is kept (an ablation unit's trial, so
+    that a dead worker's run is closed with it).
     """
     device = splits.x_train.device
     torch.manual_seed(exp.seed)  # init and dropout masks
@@ -162,7 +165,7 @@ def run_trial(
         parameters,
         device,
         trial.params if trial is not None else None,
-        link=(lambda run_id: trial.set_user_attr(RUN_ID_ATTR, run_id)) if trial else None,
+        link=(lambda run_id: trial.set_user_attr(RUN_ID_ATTR, run_id)) if trial else link,
     )
     on_epoch = trial_epoch_callback(run, exp, trial, progress, before_prune)
     try:

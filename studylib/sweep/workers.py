@@ -39,7 +39,7 @@ from studylib.config import Experiment, Settings
 from studylib.console import Progress, say
 from studylib.errors import ConfigError, Incomplete, checkpoint, stop_on_signals
 from studylib.locations import Location
-from studylib.sweep.loops import Share, open_share, trial_loop
+from studylib.sweep.loops import Opener, Share, open_share, trial_loop
 from studylib.sweep.study import counted_trials
 from studylib.sweep.writer import process_context
 
@@ -75,9 +75,13 @@ def check_workers(workers: int, storage: Location) -> None:
         )
 
 
-def run_workers(share: Share, workers: int, population: int = 1) -> None:
+def run_workers(
+    share: Share, workers: int, population: int = 1, opener: Opener = open_share
+) -> None:
     """Run trials in `workers` processes (this one included) until `study` holds `total`;
-    with `population` > 1 each process trains that many trials at once (loops.run_population)."""
+    with `population` > 1 each process trains that many trials at once (loops.run_population).
+    `opener`: how each worker opens its share, as `share` was opened (a sweep's study, or an
+    ablation's units: ablation.open_ablation_share)."""
     exp, settings, study, total, progress = (
         share.exp,
         share.settings,
@@ -104,6 +108,7 @@ def run_workers(share: Share, workers: int, population: int = 1) -> None:
                 stop,
                 threads,
                 population,
+                opener,
             ),
             name=f"studylib-worker-{index}",
         )
@@ -176,6 +181,7 @@ def work(
     stop: Event,
     threads: int,
     population: int = 1,
+    opener: Opener = open_share,
 ) -> None:
     """One worker process: the sweep's trial loop under the main process's parent run."""
     if stop.is_set():  # started after the study was fully claimed (or a worker failed)
@@ -187,7 +193,7 @@ def work(
     with stop_on_signals(at_safe_points=True):
         share = None
         try:
-            share = open_share(
+            share = opener(
                 exp, settings, total, Progress(total, 0, enabled=False), parent_id=parent_id
             )
             trial_loop(share, population, should_stop=stop.is_set)

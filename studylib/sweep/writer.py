@@ -83,6 +83,7 @@ class Spec:
     settings: Settings
     trainer: dict[str, Any]  # the training process (recovery.Worker): its end ends the writer
     look_up: bool  # started again: runs of unknown keys may already exist
+    study_name: str | None = None  # the study told (None: the sweep's, `exp.name`)
 
 
 def process_context() -> multiprocessing.context.BaseContext:
@@ -135,7 +136,7 @@ def serve(spec: Spec, requests: Any, replies: Any, in_process: bool) -> None:
         exp, settings = spec.exp, spec.settings
         storage = make_storage(settings.storage, settings.heartbeat_seconds)
         study = optuna.load_study(
-            study_name=exp.name,
+            study_name=spec.study_name or exp.name,
             storage=storage,
             sampler=sampler_for(exp.seed, 0),
             pruner=pruner_for(exp),
@@ -282,8 +283,15 @@ class Writer:
     """The training side: hand messages over (`submit`), wait until all are written and told
     (`settle`), stop (`close`). Raises the writer's error at the next of these calls."""
 
-    def __init__(self, exp: Experiment, settings: Settings, mode: str = "process"):
+    def __init__(
+        self,
+        exp: Experiment,
+        settings: Settings,
+        mode: str = "process",
+        study_name: str | None = None,
+    ):
         self.exp, self.settings, self.mode = exp, settings, mode
+        self.study_name = study_name
         self.unacked: dict[int, Message] = {}  # handed over, not yet written and told
         self.count = 0
         self.restarts = 0
@@ -293,7 +301,7 @@ class Writer:
         self._start(look_up=False)
 
     def _start(self, look_up: bool) -> None:
-        spec = Spec(self.exp, self.settings, Worker.current().as_attr(), look_up)
+        spec = Spec(self.exp, self.settings, Worker.current().as_attr(), look_up, self.study_name)
         if self.mode == "thread":
             self.requests: Any = queue.Queue()
             self.replies: Any = queue.Queue()

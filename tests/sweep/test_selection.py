@@ -98,7 +98,9 @@ def test_shuffling_test_labels_changes_no_selection(
 
     sweep = plain["studies"]["tiny"]
     assert any(state == optuna.trial.TrialState.PRUNED for _, state, *_ in sweep)  # it pruned
-    assert len(plain["studies"]) == 5  # the sweep and four tuning studies
+    # The sweep, four tuning studies and the ablation's ledger of units (its values: each arm
+    # run's selected validation loss, and each tuning's best).
+    assert len(plain["studies"]) == 6
     assert shuffled["studies"] == plain["studies"]  # parameters, values, pruning decisions
     assert shuffled["strengths"] == plain["strengths"]
     assert shuffled["selected"] == plain["selected"]  # kept and stopping epochs, statuses

@@ -10,20 +10,30 @@ sweep/owners.py.
 from __future__ import annotations
 
 from studylib.config import Experiment, Settings
-from studylib.errors import ConfigError
+from studylib.sweep.ablation import ablation_steps
 from studylib.sweep.launchers.common import (
     Engine,
     Launch,
     LaunchOutcome,
+    Part,
     WorkerSpec,
     absolute,
     check_folder_shared,
     check_reachable,
+    launch_ablation,
     launch_sweep,
     masked,
 )
 
-__all__ = ["Launch", "LaunchOutcome", "check_launch", "dry_run", "launch_sweep", "make_engine"]
+__all__ = [
+    "Launch",
+    "LaunchOutcome",
+    "check_launch",
+    "dry_run",
+    "launch_ablation",
+    "launch_sweep",
+    "make_engine",
+]
 
 
 def make_engine(launch: Launch, exp: Experiment) -> Engine:
@@ -51,11 +61,6 @@ def check_launch(exp: Experiment, settings: Settings, launch: Launch) -> None:
     """Bad launcher settings as one ConfigError line, before anything is written."""
     if launch.kind == "local":
         return
-    if exp.ablation is not None and (exp.sweep.trials == 0 or not exp.sweep.search):
-        raise ConfigError(
-            f"--launcher {launch.kind}: {exp.name} is an ablation only; its arms run in one "
-            "process: run it with --launcher local"
-        )
     check_reachable(settings, launch)
 
 
@@ -66,15 +71,20 @@ def dry_run(
     engine: Engine,
     trials: int | None,
     population: int,
+    part: Part = "sweep",
 ) -> str:
     """What would be submitted, with passwords masked; nothing is written or submitted."""
+    ablation = part == "ablation"
     spec = WorkerSpec(
         exp=exp,
         settings=masked(absolute(settings)),
-        total=trials if trials is not None else exp.sweep.trials,
-        parent_id="(the sweep's parent run, created at submission)",
-        population=population,
+        total=len(ablation_steps(exp))
+        if ablation
+        else (trials if trials is not None else exp.sweep.trials),
+        parent_id=f"(the {part}'s parent run, created at submission)",
+        population=1 if ablation else population,
         threads=1,
         done_at_start=0,
+        part=part,
     )
     return engine.dry_run(spec)

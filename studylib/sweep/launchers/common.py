@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
@@ -42,6 +42,13 @@ from studylib.names import (
     STUDY_TAG,
 )
 from studylib.redact import MASK, install_log_filter, redact, remember
+from studylib.sweep.ablation import (
+    ablation_steps,
+    finish_ablation,
+    open_ablation_share,
+    open_ledger_records,
+    start_ablation_run,
+)
 from studylib.sweep.loops import open_records, open_share, trial_loop
 from studylib.sweep.owners import JobOwner
 from studylib.sweep.recovery import (
@@ -57,6 +64,7 @@ from studylib.tracking import Run, Tracker, applicable_params, environment_tags,
 POLL_SECONDS = 1.0  # how often the launching command reads the study and asks the engine
 STOP_GRACE_SECONDS = 120.0  # workers of a complete study exit by themselves within this
 Kind = Literal["local", "slurm", "ray"]
+Part = Literal["sweep", "ablation"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class WorkerSpec:
     population: int
     threads: int
     done_at_start: int  # counted trials when the sweep was launched
+    part: Part = "sweep"  # the sweep's trials, or the [ablation]'s units (ablation.py)
 
 
 @dataclass(frozen=True)
@@ -160,15 +169,21 @@ def run_worker(
     with stop_on_signals(also_stop_on, at_safe_points=True):
         try:
             progress = Progress(spec.total, 0, enabled=False)
-            share = open_share(spec.exp, settings, spec.total, progress, parent_id=spec.parent_id)
-            trial_loop(share, spec.population)
+            opener = open_ablation_share if spec.part == "ablation" else open_share
+            share = opener(spec.exp, settings, spec.total, progress, parent_id=spec.parent_id)
+            trial_loop(share, spec.population if spec.part == "sweep" else 1)
         except Interrupted as exc:
             report["stopped_by"] = str(exc)
         finally:
             if share is not None:
                 report["ran"] = share.tally.ran
     if share is not None and report["stopped_by"] is None:
-        finish_parent(spec, settings, share.study, share.tracker)
+        if spec.part == "ablation":
+            finish_ablation(
+                spec.exp, settings, share.study, share.storage, share.tracker, spec.parent_id
+            )
+        else:
+            finish_parent(spec, settings, share.study, share.tracker)
     return report
 
 
@@ -369,38 +384,104 @@ def launch_sweep(
             threads=1,
             done_at_start=done,
         )
-        try:
-            fleet = engine.submit(spec, Secrets.of(settings))
-        except BaseException as exc:
-            close_parent(tracker, parent.run_id, "FAILED", f"submission failed: {exc}")
-            raise
-        tags = {LAUNCHER_TAG: fleet.describe}
-        if fleet.owner is not None:
-            tags[OWNER_ATTR] = json.dumps(fleet.owner.as_attr())
-        parent.set_tags(tags)
-        if launch.detach:
-            hint = "; ".join(fleet.watch_hint())
-            return outcome_of(exp, study, parent.run_id, total, done, started, detached=hint)
-        progress = Progress(total, min(done, total), settings.progress)
-        try:
-            failure = watch(fleet, study, total, progress)
-        except KeyboardInterrupt:
-            say(f"stopping {fleet.describe}: each worker closes the trial it is on")
-            fleet.cancel()
-            wait_until_ended(fleet, STOP_GRACE_SECONDS)
-            close_parent(tracker, parent.run_id, "KILLED", "the launching command was stopped")
-            raise
-        finally:
-            progress.close()
-            fleet.close()
-        if failure is not None:
-            close_parent(tracker, parent.run_id, "FAILED", failure)
-            raise RuntimeError(failure)
-        finish_parent(spec, settings, study, tracker)
-        return outcome_of(exp, study, parent.run_id, total, done, started)
+        detached = submit_and_watch(
+            engine,
+            spec,
+            settings,
+            launch,
+            study,
+            tracker,
+            parent,
+            lambda: finish_parent(spec, settings, study, tracker),
+        )
+        return outcome_of(exp, study, parent.run_id, total, done, started, detached=detached)
 
 
-def watch(fleet: Fleet, study: optuna.Study, total: int, progress: Progress) -> str | None:
+def launch_ablation(
+    exp: Experiment, settings: Settings, launch: Launch, engine: Engine
+) -> LaunchOutcome:
+    """An experiment's [ablation] on the engine: its parent run and its ledger of units
+    (ablation.py) made here, `launch.jobs` workers claiming the units, watched like a sweep."""
+    started = time.monotonic()
+    settings = absolute(settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    total = len(ablation_steps(exp))
+    with stop_on_signals():
+        study, storage, tracker = open_ledger_records(exp, settings)
+        for note in close_dead_sweeps(tracker):
+            say(note)
+        done = counted_trials(study)
+        if done >= total:
+            return outcome_of(exp, study, "", total, done, started)
+        parent = start_ablation_run(exp, tracker, Worker.current().as_attr())
+        spec = WorkerSpec(
+            exp=exp,
+            settings=masked(settings),
+            total=total,
+            parent_id=parent.run_id,
+            population=1,
+            threads=1,
+            done_at_start=done,
+            part="ablation",
+        )
+
+        def finish() -> None:
+            finish_ablation(exp, settings, study, storage, tracker, parent.run_id)
+
+        detached = submit_and_watch(
+            engine, spec, settings, launch, study, tracker, parent, finish, "units"
+        )
+        return outcome_of(exp, study, parent.run_id, total, done, started, detached=detached)
+
+
+def submit_and_watch(
+    engine: Engine,
+    spec: WorkerSpec,
+    settings: Settings,
+    launch: Launch,
+    study: optuna.Study,
+    tracker: Tracker,
+    parent: Run,
+    finish: Callable[[], object],
+    what: str = "trials",
+) -> str | None:
+    """Submit the workers of `spec`, hand the parent run to their job, and (unless detached:
+    then how to watch is returned) watch `study` until it holds `spec.total`; a failure or a
+    stop closes the parent run, success `finish`es it (once, whoever is first)."""
+    try:
+        fleet = engine.submit(spec, Secrets.of(settings))
+    except BaseException as exc:
+        close_parent(tracker, parent.run_id, "FAILED", f"submission failed: {exc}")
+        raise
+    tags = {LAUNCHER_TAG: fleet.describe}
+    if fleet.owner is not None:
+        tags[OWNER_ATTR] = json.dumps(fleet.owner.as_attr())
+    parent.set_tags(tags)
+    if launch.detach:
+        return "; ".join(fleet.watch_hint())
+    total, done = spec.total, spec.done_at_start
+    progress = Progress(total, min(done, total), settings.progress)
+    try:
+        failure = watch(fleet, study, total, progress, what)
+    except KeyboardInterrupt:
+        say(f"stopping {fleet.describe}: each worker closes the {what[:-1]} it is on")
+        fleet.cancel()
+        wait_until_ended(fleet, STOP_GRACE_SECONDS)
+        close_parent(tracker, parent.run_id, "KILLED", "the launching command was stopped")
+        raise
+    finally:
+        progress.close()
+        fleet.close()
+    if failure is not None:
+        close_parent(tracker, parent.run_id, "FAILED", failure)
+        raise RuntimeError(failure)
+    finish()
+    return None
+
+
+def watch(
+    fleet: Fleet, study: optuna.Study, total: int, progress: Progress, what: str = "trials"
+) -> str | None:
     """Show the study's progress until it holds `total` (None) or cannot get there (why)."""
     while True:
         trials = study.get_trials(deepcopy=False)
@@ -410,7 +491,7 @@ def watch(fleet: Fleet, study: optuna.Study, total: int, progress: Progress) -> 
         for note in state.notes:
             say(note)
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        progress.bar.set_postfix_str(f"{state.alive} workers, {running} trials running")
+        progress.bar.set_postfix_str(f"{state.alive} workers, {running} {what} running")
         if done >= total:  # complete, whatever a worker met on its way out
             # Workers of a complete study exit by themselves; tasks never started need not.
             fleet.stop_pending()
@@ -424,7 +505,7 @@ def watch(fleet: Fleet, study: optuna.Study, total: int, progress: Progress) -> 
         if state.alive == 0:
             return (
                 f"every worker of {fleet.describe} has ended and study {study.study_name} holds "
-                f"{done} of {total} trials; run the same command again to resume it"
+                f"{done} of {total} {what}; run the same command again to resume it"
             )
         time.sleep(POLL_SECONDS)
 

@@ -23,8 +23,11 @@ passwords through the object store (`ray.put`), whose contents no listing shows.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -112,6 +115,21 @@ def loopback_client_environment(address: str | None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+@functools.cache
+def process_token() -> Path:
+    """The token of every Ray this process starts here, in a folder only this user can read
+    (ray.init would otherwise write ~/.ray/auth_token, readable by all, which then also switches
+    every later `ray start` to tokens), removed when the process exits. One per process: Ray
+    reads its token once, so a second Ray started by the same command (an experiment's
+    [ablation] after its sweep, a group file's next member) must be started with the same."""
+    folder = tempfile.mkdtemp(prefix="studylib-ray-")  # mode 0700
+    atexit.register(shutil.rmtree, folder, True)
+    token = Path(folder) / "auth_token"
+    token.touch(mode=0o600)
+    token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    return token
+
+
 class RayEngine:
     def __init__(self, config: RayConfig, jobs: int, job_name: str, detach: bool = False):
         check_installed()
@@ -120,7 +138,6 @@ class RayEngine:
         self.jobs = jobs
         self.job_name = job_name
         self.detach = detach
-        self.token_dir: tempfile.TemporaryDirectory | None = None
 
     def check(self) -> None:
         """Bad Ray settings as one line, before anything is written."""
@@ -171,12 +188,7 @@ class RayEngine:
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ.pop("RAY_ADDRESS", None)  # "local" must start one, not join another
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-        # A token only this user can read (ray.init would otherwise write ~/.ray/auth_token,
-        # readable by all, which then also switches every later `ray start` to tokens).
-        self.token_dir = tempfile.TemporaryDirectory(prefix="studylib-ray-")
-        token = Path(self.token_dir.name) / "auth_token"
-        token.touch(mode=0o600)
-        token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+        token = process_token()
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         self.ray = import_ray()
         context = self.ray.init(
@@ -235,9 +247,14 @@ class RayEngine:
         spec = self.worker_spec(spec)
         options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         where = self.config.address or f"a Ray started here on {self.config.host}"
+        what = (
+            f"the [ablation] units of {spec.exp.name}"
+            if spec.part == "ablation"
+            else f"study {spec.exp.name}"
+        )
         return (
             f"ray: {self.jobs} tasks of studylib.sweep.launchers.ray.ray_worker on {where} "
-            f"({options}), each the trial loop of study {spec.exp.name} with {spec.threads} "
+            f"({options}), each the trial loop of {what} with {spec.threads} "
             f"torch threads, storage {redact(spec.settings.storage)}, tracking "
             f"{redact(spec.settings.tracking_uri)}"
             + (", driven by a detached actor" if self.detach else "")
@@ -246,9 +263,6 @@ class RayEngine:
     def shutdown(self) -> None:
         if self.ray is not None:
             self.ray.shutdown()
-        if self.token_dir is not None:
-            self.token_dir.cleanup()
-            self.token_dir = None
 
 
 class RayFleet:

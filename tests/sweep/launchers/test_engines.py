@@ -33,7 +33,16 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from bench import faults
-from studylib.names import FAILURE_ATTR, LAUNCHER_TAG, OWNER_ATTR, REASON_ATTR, RUN_ID_ATTR
+from studylib.config import load_experiment
+from studylib.names import (
+    FAILURE_ATTR,
+    LAUNCHER_TAG,
+    OWNER_ATTR,
+    REASON_ATTR,
+    RUN_ID_ATTR,
+    STRENGTHS_TAG,
+)
+from studylib.sweep.ablation import ablation_steps, arm_tuning, ledger_name, tuning_name
 from studylib.sweep.owners import JobOwner, slurm_task_states
 from studylib.sweep.recovery import close_dead_sweeps
 from studylib.tracking import Tracker
@@ -167,6 +176,51 @@ def check_complete_sweep(stack: Stack, proc: faults.Proc) -> None:
     assert SECRET not in proc.stdout() + proc.stderr()
 
 
+ABLATION = """
+[sweep.search.l2]
+low = 1e-6
+high = 1e-2
+log = true
+allow_zero = true
+[ablation]
+seeds = [0, 1]
+arms = ["baseline", "l2", "all"]
+tune_trials = 2
+[ablation.strength]
+dropout = 0.3
+l1 = 1e-3
+weight_decay = 0.05
+patience = 1
+"""
+ARMS_X_SEEDS = 6
+
+
+def check_complete_ablation(stack: Stack, proc: faults.Proc, path: Path) -> None:
+    """The [ablation] launched after the sweep: every unit of its ledger COMPLETE once, each
+    tuning study at exactly its budget, each (arm, seed) one FINISHED arm run, every tuning
+    run FINISHED, its parent run FINISHED with the strengths."""
+    exp = load_experiment(path)
+    steps = ablation_steps(exp)
+    units = faults.trials_of(stack.storage, ledger_name(exp))
+    assert len(units) == len(steps) and all(t.state == TrialState.COMPLETE for t in units)
+    tuned = [arm for arm in exp.ablation.arms if arm_tuning(exp, arm).space]
+    assert tuned == ["l2", "all"]
+    for arm in tuned:
+        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        assert len(tuning) == arm_tuning(exp, arm).budget
+        assert all(t.state == TrialState.COMPLETE for t in tuning)
+    arms = runs_of(stack, "arm")
+    cells = [(r.data.tags["studylib.arm"], r.data.tags["studylib.ablation_seed"]) for r in arms]
+    assert len(cells) == len(set(cells)) == ARMS_X_SEEDS
+    assert all(r.info.status == "FINISHED" for r in arms)
+    tunes = runs_of(stack, "tune")
+    assert len(tunes) == 4 and all(r.info.status == "FINISHED" for r in tunes)
+    (parent,) = runs_of(stack, "ablation")
+    assert parent.info.status == "FINISHED"
+    assert set(json.loads(parent.data.tags[STRENGTHS_TAG])) == set(exp.ablation.arms)
+    assert f"ablation of faults: {len(steps)} units done ({len(steps)} run now" in proc.stdout()
+
+
 def check_recovered(stack: Stack, victim: int, failure: str, reason: str) -> None:
     """After one worker was stopped mid-trial: the study holds TRIALS counted trials; the
     victim is FAIL (`failure`, `reason`) with its run KILLED; it ran again with the same
@@ -260,6 +314,15 @@ def test_slurm_sweep_of_8_trials_on_2_tasks(slurm, stack):
         ).stdout
     )
     assert SECRET not in shown
+
+
+def test_slurm_sweep_and_ablation_on_2_tasks(slurm, stack):
+    """A sweep and an [ablation]: both launched as job arrays, the ablation's units (tune an
+    arm, run an arm on a seed) claimed by the tasks like trials; every count exact."""
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS, extra=ABLATION)
+    proc = launch(stack, exp, "--launcher", "slurm", "--jobs", "2", "--one-machine")
+    check_complete_sweep(stack, proc)
+    check_complete_ablation(stack, proc, exp)
 
 
 def test_slurm_scancel_of_a_task_mid_trial_loses_nothing(slurm, stack):
@@ -403,6 +466,69 @@ def test_ray_sweep_of_8_trials_on_2_workers(ray_installed, stack):
     assert (
         parent.data.tags[LAUNCHER_TAG] == "2 Ray tasks on a Ray started on this machine (127.0.0.1)"
     )
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
+def test_ray_populations_of_2_on_2_workers(ray_installed, stack):
+    """--population 2 under a launcher: each Ray worker trains two trials at once as one
+    batched model; the study still ends at exactly 8 trials and 8 runs."""
+    before = ray_processes()
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS)
+    proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2", "--population", "2")
+    check_complete_sweep(stack, proc)
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
+def test_ray_sweep_and_ablation_on_2_workers(ray_installed, stack):
+    before = ray_processes()
+    exp = faults.write_experiment(stack.folder, epochs=SHORT_EPOCHS, trials=TRIALS, extra=ABLATION)
+    proc = launch(stack, exp, "--launcher", "ray", "--jobs", "2")
+    check_complete_sweep(stack, proc)
+    check_complete_ablation(stack, proc, exp)
+    faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
+
+
+def test_ray_worker_killed_mid_ablation_loses_nothing(ray_installed, stack):
+    """kill -9 of a Ray worker process while it works on an ablation unit (a tuning, or an
+    arm run): the unit is failed and run again (a tuning resumed where it stood); every
+    (arm, seed) ends with one FINISHED run, nothing is left RUNNING in Optuna or MLflow."""
+    before = ray_processes()
+    path = faults.write_experiment(stack.folder, epochs=LONG_EPOCHS, trials=0, extra=ABLATION)
+    exp = load_experiment(path)
+    proc = launch(stack, path, "--launcher", "ray", "--jobs", "2")
+
+    def a_unit_in_progress():
+        for t in faults.trials_of(stack.storage, ledger_name(exp)):
+            if t.state == TrialState.RUNNING and OWNER_ATTR in t.user_attrs:
+                return t
+        return None
+
+    victim = faults.wait_until(a_unit_in_progress, 600, "a unit in progress", every=0.05)
+    time.sleep(1.0)  # into its training
+    os.kill(victim.user_attrs[OWNER_ATTR]["pid"], signal.SIGKILL)
+    assert proc.wait(900) == 0, proc.stderr()[-3000:]
+    units = faults.trials_of(stack.storage, ledger_name(exp))
+    assert faults.counted(units) == len(ablation_steps(exp))
+    assert not [t for t in units if t.state == TrialState.RUNNING]
+    failed = [t for t in units if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [victim.number]
+    assert failed[0].user_attrs[FAILURE_ATTR] == "killed"
+    for arm in ("l2", "all"):
+        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        assert faults.counted(tuning) == arm_tuning(exp, arm).budget
+        assert not [t for t in tuning if t.state == TrialState.RUNNING]
+    client = MlflowClient(stack.server_url)
+    experiment = client.get_experiment_by_name(faults.STUDY)
+    every = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in every if r.info.status == "RUNNING"] == []
+    finished = sorted(
+        (r.data.tags["studylib.arm"], r.data.tags["studylib.ablation_seed"])
+        for r in runs_of(stack, "arm")
+        if r.info.status == "FINISHED"
+    )
+    assert finished == sorted((a, s) for a in exp.ablation.arms for s in ("0", "1"))
+    (parent,) = runs_of(stack, "ablation")
+    assert parent.info.status == "FINISHED"
     faults.wait_until(lambda: not no_ray_left(before), 60, "Ray to stop")
 
 

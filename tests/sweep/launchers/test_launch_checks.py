@@ -315,3 +315,23 @@ def test_dry_run_prints_the_sbatch_script_with_passwords_masked(tmp_path, monkey
         assert line in out, out
     assert SECRET not in out + err and "***" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]  # nothing submitted
+
+
+@pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit not installed")
+def test_dry_run_shows_the_ablation_workers_too(tmp_path, monkeypatch, capsys):
+    """An [ablation] is launched like the sweep (its units claimed by the workers): the dry run
+    prints both submissions; an ablation alone is no longer refused."""
+    monkeypatch.chdir(tmp_path)
+    ablation = '[ablation]\nseeds = [0, 1]\narms = ["baseline", "dropout"]\n'
+    both = write_toml(tmp_path / "tiny.toml", EXPERIMENT + ablation)
+    alone = write_toml(tmp_path / "alone.toml", EXPERIMENT.replace("trials = 4", "trials = 0"))
+    alone.write_text(alone.read_text() + ablation)
+    where = ["--storage", REMOTE_PG, "--tracking-uri", REMOTE_MLFLOW]
+    for path, scripts in ((both, 2), (alone, 1)):
+        code, out, err = run_cli(
+            ["sweep", str(path), "--launcher", "slurm", "--jobs", "2", "--dry-run", *where],
+            capsys,
+        )
+        assert code == 0, err
+        assert out.count("#SBATCH --array=0-1%2") == scripts, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.toml", "tiny.toml"]
