@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,9 +105,14 @@ def claim_trials(
 
 @contextlib.contextmanager
 def heartbeat(
-    storage: optuna.storages.BaseStorage, study: optuna.Study, trials: list[optuna.Trial]
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    held: Callable[[], list[int]],
 ) -> Iterator[None]:
-    """Record the trials' heartbeats every interval while they run (RDB storage only).
+    """Record a heartbeat every interval (RDB storage only) for each trial `held()` names: the
+    trials this process trains, and those it trained whose outcome still waits in its writer's
+    queue (a writer stuck on a tracking outage must not let another worker take its trials for
+    dead and run them again).
 
     Optuna runs this thread inside `study.optimize`; trials here are claimed with ask/tell (to
     count and ask under one lock), so the protocol runs it itself: one thread for all trials.
@@ -117,16 +122,18 @@ def heartbeat(
         yield
         return
     assert isinstance(storage, optuna.storages.RDBStorage)
-    ids = [trial_id(storage, study, trial.number) for trial in trials]
+    ids: dict[int, int] = {}  # trial number -> storage id, looked up once
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            for trial, number in zip(trials, ids, strict=True):
+            for number in held():
                 try:
-                    storage.record_heartbeat(number)
+                    if number not in ids:
+                        ids[number] = trial_id(storage, study, number)
+                    storage.record_heartbeat(ids[number])
                 except Exception as exc:  # a database hiccup: the next beat may pass
-                    say(f"trial {trial.number}: heartbeat not recorded: {exc}")
+                    say(f"trial {number}: heartbeat not recorded: {exc}")
             if stop.wait(interval):
                 return
 

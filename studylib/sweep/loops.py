@@ -158,51 +158,60 @@ def trial_loop(
         None if mode == "off" else Writer(share.exp, share.settings, mode, share.study.study_name)
     )
     pending: Message | None = None
+    training: list[int] = []  # the claimed trials being trained now
+
+    def held() -> list[int]:
+        """Trials this process holds until they are told: trained now, or handed over."""
+        untold = writer.untold() if writer is not None else []
+        waiting = [o.number for o in pending.outcomes] if pending is not None else []
+        return sorted({*training, *untold, *waiting})
+
     try:
-        while not should_stop():
-            checkpoint()  # a stop signal noted since the last safe point, raised before a claim
-            if writer is not None:
-                writer.settle()
-            s = share
-            claim = claim_trials(
-                s.study,
-                s.storage,
-                s.exp,
-                s.settings,
-                s.tracker,
-                s.total,
-                population,
-                writer=writer.owner_attr() if writer is not None else None,
-            )
-            if pending is not None:
-                assert writer is not None
-                writer.submit(pending)
-                pending = None
-                if not claim.trials:
-                    continue  # what was just told may complete the study: look again
-            s.progress.sync(min(counted_trials(s.study), s.total))
-            if claim.trials:
-                with (
-                    heartbeat(s.storage, s.study, claim.trials),
-                    watch(s.study, s.storage, s.settings, s.tracker),
-                ):
-                    if population > 1:
-                        pending = run_population(share, claim.trials)
+        with heartbeat(share.storage, share.study, held):
+            try:
+                while not should_stop():
+                    checkpoint()  # a stop noted since the last safe point, raised before a claim
+                    if writer is not None:
+                        writer.settle()
+                    s = share
+                    claim = claim_trials(
+                        s.study,
+                        s.storage,
+                        s.exp,
+                        s.settings,
+                        s.tracker,
+                        s.total,
+                        population,
+                        writer=writer.owner_attr() if writer is not None else None,
+                    )
+                    if pending is not None:
+                        assert writer is not None
+                        writer.submit(pending)
+                        pending = None
+                        if not claim.trials:
+                            continue  # what was just told may complete the study: look again
+                    s.progress.sync(min(counted_trials(s.study), s.total))
+                    if claim.trials:
+                        training[:] = [trial.number for trial in claim.trials]
+                        with watch(s.study, s.storage, s.settings, s.tracker):
+                            if population > 1:
+                                pending = run_population(share, claim.trials)
+                            else:
+                                pending = run_claimed(share, claim.trials[0])
+                        training.clear()
+                    elif claim.wait:
+                        time.sleep(POLL_SECONDS)
                     else:
-                        pending = run_claimed(share, claim.trials[0])
-            elif claim.wait:
-                time.sleep(POLL_SECONDS)
-            else:
-                break
-        if writer is not None:
-            if pending is not None:
-                writer.submit(pending)
-                pending = None
-            writer.close()
-    except BaseException as exc:
-        if writer is not None:
-            close_unwritten(share, writer, pending, exc)
-        raise
+                        break
+                if writer is not None:
+                    if pending is not None:
+                        writer.submit(pending)
+                        pending = None
+                    writer.close()
+            except BaseException as exc:  # inside the heartbeat: the trials closed here are held
+                if writer is not None:
+                    close_unwritten(share, writer, pending, exc)
+                raise
     finally:
         if writer is not None:
             share.tally.writer_seconds += writer.seconds

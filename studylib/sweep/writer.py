@@ -349,6 +349,16 @@ class Writer:
         if any(message.outcomes for message in self.unacked.values()):
             self._wait(lambda: not any(m.outcomes for m in self.unacked.values()))
 
+    def untold(self) -> list[int]:
+        """Trials whose outcome is handed over and not yet told. Read by the heartbeat thread
+        while the training thread changes `unacked`: a read that races a change is read again."""
+        for _ in range(3):
+            try:
+                return [o.number for m in list(self.unacked.values()) for o in m.outcomes]
+            except RuntimeError:  # "dictionary changed size during iteration"
+                continue
+        return []
+
     def poll(self) -> None:
         """Read what the writer said, without waiting; raise its error, if any."""
         if self.error is not None:

@@ -4,6 +4,7 @@ Killing it as a process: tests/sweep/test_faults.py (writer alone, writer and tr
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from studylib.sweep import writer as writer_module
-from studylib.sweep.claim import Outcome
+from studylib.sweep.claim import Outcome, heartbeat
 from studylib.sweep.loops import open_records
 from studylib.sweep.writer import Message, Piece, Writer
 from studylib.tracking import RunRecord, Tracker, TrackingUnavailable, apply
@@ -113,3 +114,35 @@ def test_a_pruned_recorded_run_is_renamed_when_applied(settings):
     got = MlflowClient(settings.tracking_uri).get_run(run_id)
     assert got.info.run_name == "trial 3 [pruned at epoch 4]: dropout 0.10"
     assert got.data.tags["studylib.status"] == "pruned" and got.info.status == "FINISHED"
+
+
+def test_a_trial_waiting_in_a_stuck_writer_keeps_its_heartbeat(
+    tiny, settings, tmp_path, monkeypatch
+):
+    """An outcome handed over but not yet told (the writer stuck on a tracking outage) keeps
+    its trial's heartbeat: another worker's recovery leaves it RUNNING past the grace period,
+    and once the writer gets through the trial is told as it ended."""
+    settings = dataclasses.replace(
+        settings, storage=f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_seconds=1
+    )
+    _, study, storage, _ = open_records(tiny, settings)
+    number = study.ask().number
+    release = threading.Event()
+    real_write = writer_module.write
+
+    def stuck_write(message, *args):
+        release.wait(10)
+        real_write(message, *args)
+
+    monkeypatch.setattr(writer_module, "write", stuck_write)
+    writer = Writer(tiny, settings, "thread")
+    writer.submit(Message(outcomes=[Outcome(number, "complete", 0.5)]))
+    assert writer.untold() == [number]
+    with heartbeat(storage, study, writer.untold):
+        time.sleep(3.5)  # past the grace period (2 heartbeats of 1 s)
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[number].state == TrialState.RUNNING
+        release.set()
+        writer.close()
+    assert writer.untold() == []
+    assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].value == 0.5
