@@ -519,7 +519,7 @@ def tune_arm(
         study = optuna.load_study(study_name=name, storage=storage)
     else:
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    for note in fail_dead_tuning(study, storage, tracker):
+    for note in fail_dead_tuning(study, storage, tracker, arm):
         say(note)
 
     def objective(trial: optuna.Trial) -> float:
@@ -552,10 +552,11 @@ def tune_arm(
 
 
 def fail_dead_tuning(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker
+    study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker, arm: str
 ) -> list[str]:
     """A tuning trial still RUNNING when its arm's tuning lock is free was left by a tuner that
-    died: FAIL ("killed", so it runs again with the same parameters), its run KILLED."""
+    died: FAIL ("killed", so it runs again with the same parameters), its run KILLED (found by
+    its name when the tuner died between creating the run and linking it to the trial)."""
     notes = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = "its tuner died (the arm's tuning lock was free)"
@@ -563,8 +564,15 @@ def fail_dead_tuning(
         storage.set_trial_user_attr(number, FAILURE_ATTR, "killed")
         storage.set_trial_user_attr(number, REASON_ATTR, reason)
         study.tell(trial.number, state=TrialState.FAIL)
-        run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        if run_id is not None:
+        run_ids = [trial.user_attrs[RUN_ID_ATTR]] if trial.user_attrs.get(RUN_ID_ATTR) else []
+        if not run_ids:
+            unlinked = tracker.search_runs(
+                f"tags.`{ROLE_TAG}` = 'tune' and tags.`{ARM_TAG}` = '{arm}' and "
+                f"attributes.run_name = 'tune-{arm}-{trial.number:03d}' and "
+                "attributes.status = 'RUNNING'"
+            )
+            run_ids = [run.info.run_id for run in unlinked]
+        for run_id in run_ids:
             tracker.close_run(run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
         notes.append(f"{study.study_name} tuning trial {trial.number}: {reason}; marked FAIL")
     return notes + queue_retries(study)

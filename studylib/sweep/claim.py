@@ -108,39 +108,43 @@ def heartbeat(
     storage: optuna.storages.BaseStorage,
     study: optuna.Study,
     held: Callable[[], list[int]],
-) -> Iterator[None]:
+) -> Iterator[Callable[[list[int]], None]]:
     """Record a heartbeat every interval (RDB storage only) for each trial `held()` names: the
     trials this process trains, and those it trained whose outcome still waits in its writer's
     queue (a writer stuck on a tracking outage must not let another worker take its trials for
-    dead and run them again).
+    dead and run them again). Yields `beat_now(numbers)`, which records theirs at once: a
+    trial's first heartbeat goes with its claim, since Optuna counts a trial that never beat as
+    alive however long ago its worker died.
 
     Optuna runs this thread inside `study.optimize`; trials here are claimed with ask/tell (to
     count and ask under one lock), so the protocol runs it itself: one thread for all trials.
     """
     interval = heartbeat_seconds(storage)
     if not interval:
-        yield
+        yield lambda numbers: None
         return
     assert isinstance(storage, optuna.storages.RDBStorage)
     ids: dict[int, int] = {}  # trial number -> storage id, looked up once
+
+    def beat_now(numbers: list[int]) -> None:
+        for number in numbers:
+            try:
+                if number not in ids:
+                    ids[number] = trial_id(storage, study, number)
+                storage.record_heartbeat(ids[number])
+            except Exception as exc:  # a database hiccup: the next beat may pass
+                say(f"trial {number}: heartbeat not recorded: {exc}")
+
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
-            for number in held():
-                try:
-                    if number not in ids:
-                        ids[number] = trial_id(storage, study, number)
-                    storage.record_heartbeat(ids[number])
-                except Exception as exc:  # a database hiccup: the next beat may pass
-                    say(f"trial {number}: heartbeat not recorded: {exc}")
-            if stop.wait(interval):
-                return
+        while not stop.wait(interval):
+            beat_now(held())
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield beat_now
     finally:
         stop.set()
         thread.join()

@@ -167,7 +167,7 @@ def trial_loop(
         return sorted({*training, *untold, *waiting})
 
     try:
-        with heartbeat(share.storage, share.study, held):
+        with heartbeat(share.storage, share.study, held) as beat_now:
             try:
                 while not should_stop():
                     checkpoint()  # a stop noted since the last safe point, raised before a claim
@@ -193,6 +193,7 @@ def trial_loop(
                     s.progress.sync(min(counted_trials(s.study), s.total))
                     if claim.trials:
                         training[:] = [trial.number for trial in claim.trials]
+                        beat_now(training)
                         with watch(s.study, s.storage, s.settings, s.tracker):
                             if population > 1:
                                 pending = run_population(share, claim.trials)

@@ -26,3 +26,23 @@ def test_held_trials_keep_beating_and_the_rest_go_stale(tmp_path):
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states[kept.number] == TrialState.RUNNING
     assert states[dropped.number] == TrialState.FAIL
+
+
+def test_a_claimed_trial_beats_at_once_so_a_worker_dead_before_its_first_interval_is_seen(
+    tmp_path,
+):
+    """Optuna never counts a trial without any heartbeat as stale: a worker killed before its
+    heartbeat thread's first interval would leave its trial RUNNING for good. `beat_now` at the
+    claim records the first one."""
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=5, grace_period=1
+    )
+    study = optuna.create_study(storage=storage)
+    silent, claimed = study.ask(), study.ask()
+    with heartbeat(storage, study, lambda: []) as beat_now:
+        beat_now([claimed.number])  # then the worker "dies": no interval has passed
+    time.sleep(1.5)
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[claimed.number] == TrialState.FAIL
+    assert states[silent.number] == TrialState.RUNNING  # never beat: Optuna cannot tell
