@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
+import studylib.report.links as links  # by name: the package's __init__ imports this module
 from studylib.config import SEARCHABLE
-from studylib.report import links
 
 # On a click, open the trial's MLflow run (its URL rides in customdata[0]).
 CLICK = (
