@@ -79,10 +79,9 @@ from studylib.names import (
     STUDY_TAG,
     TUNING_SEED_TAG,
 )
-from studylib.sweep.loops import Share, Tally, trial_loop
+from studylib.sweep.loops import Share, Tally, open_storage, trial_loop
 from studylib.sweep.recovery import Worker, close_dead_sweeps, queue_retries
 from studylib.sweep.space import suggest, switched_on
-from studylib.sweep.storage import make_storage
 from studylib.sweep.study import count_done, counted_trials, sampler_for, study_exists, trial_id
 from studylib.sweep.trial import run_trial
 from studylib.sweep.workers import run_workers
@@ -235,9 +234,7 @@ def open_ledger_records(
 ) -> tuple[optuna.Study, optuna.storages.BaseStorage, Tracker]:
     """The ledger, its storage and the MLflow experiment, without the data: what a launcher
     that trains nothing itself opens (loops.open_records' counterpart)."""
-    # Optuna creates its tables in a fresh database without a lock (loops.open_records).
-    with exclusive(settings.storage, "optuna-init"):
-        storage = make_storage(settings.storage, settings.heartbeat_seconds)
+    storage = open_storage(settings)
     return open_ledger(exp, settings, storage), storage, open_tracker(exp, settings)
 
 

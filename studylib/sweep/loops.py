@@ -126,15 +126,20 @@ def open_share(
 Opener = Callable[..., Share]
 
 
+def open_storage(settings: Settings) -> optuna.storages.BaseStorage:
+    """The study storage, as every process of a sweep or an ablation opens it."""
+    # Optuna creates its tables in a fresh database without a lock; workers doing so at once
+    # on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
+    with exclusive(settings.storage, "optuna-init"):
+        return make_storage(settings.storage, settings.heartbeat_seconds)
+
+
 def open_records(
     exp: Experiment, settings: Settings, *, new_study: bool = False
 ) -> tuple[Experiment, optuna.Study, optuna.storages.BaseStorage, Tracker]:
     """The study (created or resumed; `exp` renamed if --new-study chose another) and its
     MLflow experiment, without the data: what a launcher that trains nothing itself opens."""
-    # Optuna creates its tables in a fresh database without a lock; workers doing so at once
-    # on PostgreSQL fail ("duplicate key ... pg_type"): serialize the first open.
-    with exclusive(settings.storage, "optuna-init"):
-        storage = make_storage(settings.storage, settings.heartbeat_seconds)
+    storage = open_storage(settings)
     study = open_study(exp, settings, storage, new_study=new_study)
     if study.study_name != exp.name:
         exp = exp.with_values({"name": study.study_name})
