@@ -53,5 +53,6 @@ FAILURE_ATTR = "studylib.failure"  # why a trial FAILed: killed, interrupted, tr
 REASON_ATTR = "studylib.reason"
 RUN_ID_ATTR = "mlflow_run_id"
 CONFIG_ATTR = "studylib.config"  # study attribute: the settings the study was created with
+DESIGN_ATTR = "studylib.ablation_key"  # study attribute: the design an ablation's ledger holds
 BASELINE_ATTR = "baseline"  # the one user attribute a retried trial inherits
 DIVERGED_ATTR = "diverged"  # a FAIL that is a result (non-finite loss), not a crash

@@ -26,7 +26,9 @@ With `[ablation] test_curves`, arm runs (not tuning runs) also log `test/loss` a
 per epoch, computed into a buffer that training reads only after it ends (train/loop.py).
 
 Every process runs an ablation the way it runs a sweep: its units of work are trials of a
-ledger study (`<name>.ablation.<design key>`), queued with fixed parameters and claimed through
+ledger study (`<name>.ablation`; `<name>.ablation-2`, -3 for the designs of an edited file, each
+ledger naming its design key in a study attribute; arms tune in `<ledger>.<arm>`), queued with
+fixed parameters and claimed through
 the one claim protocol (claim.py, loops.trial_loop), so `--workers N` and any launcher spread
 them over their workers, and a dead worker's unit is failed and run again by another. Two
 kinds of unit: "tune arm A" (the arm's whole tuning study, run sequentially by the one worker
@@ -66,6 +68,7 @@ from studylib.errors import Incomplete, checkpoint, stop_on_signals
 from studylib.locks import exclusive
 from studylib.names import (
     ARM_TAG,
+    DESIGN_ATTR,
     FAILURE_ATTR,
     KEY_TAG,
     OWNER_ATTR,
@@ -181,12 +184,45 @@ def ablation_steps(exp: Experiment) -> list[Step]:
 STEP_PARAM = "step"  # a unit's index in ablation_steps, its trial's one parameter
 
 
-def ledger_name(exp: Experiment) -> str:
+def legacy_ledger_name(exp: Experiment) -> str:
+    """The name studylib gave a design's ledger before names were readable (still resumed)."""
     return f"{exp.name}.ablation.{ablation_key(exp)}"
 
 
-def tuning_name(exp: Experiment, arm: str) -> str:
-    return f"{exp.name}.ablation.{arm}.{ablation_key(exp)}"
+def ledger_name(exp: Experiment, storage: optuna.storages.BaseStorage) -> str | None:
+    """The ledger study that holds this design, if there is one: `<name>.ablation` for an
+    experiment's first design, `<name>.ablation-2`, -3, ... for the designs of an edited file
+    (each ledger names its design in a study attribute)."""
+    key = ablation_key(exp)
+    taken = {s.study_name: s.user_attrs.get(DESIGN_ATTR) for s in storage.get_all_studies()}
+    for name in readable_ledger_names(exp, len(taken) + 1):
+        if taken.get(name) == key:
+            return name
+    legacy = legacy_ledger_name(exp)
+    return legacy if legacy in taken else None
+
+
+def new_ledger_name(exp: Experiment, storage: optuna.storages.BaseStorage) -> str:
+    """The first readable ledger name no study has taken (the caller holds ledger_lock)."""
+    taken = {s.study_name for s in storage.get_all_studies()}
+    return next(n for n in readable_ledger_names(exp, len(taken) + 1) if n not in taken)
+
+
+def readable_ledger_names(exp: Experiment, count: int) -> list[str]:
+    base = f"{exp.name}.ablation"
+    return [base] + [f"{base}-{number}" for number in range(2, count + 1)]
+
+
+def ledger_lock(exp: Experiment) -> str:
+    """Naming and opening a ledger, and closing the ablation, happen under this lock."""
+    return f"ablation:{exp.name}"
+
+
+def tuning_name(ledger: str, exp: Experiment, arm: str) -> str:
+    """An arm's tuning study: `<ledger>.<arm>` (`default.ablation.dropout`)."""
+    if ledger == legacy_ledger_name(exp):
+        return f"{exp.name}.ablation.{arm}.{ablation_key(exp)}"
+    return f"{ledger}.{arm}"
 
 
 def step_of(trial: FrozenTrial) -> int | None:
@@ -213,15 +249,19 @@ def open_ledger(
 ) -> optuna.Study:
     """The ledger of the ablation's units, created or resumed, every unit without a trial that
     holds it queued (once, under the ledger's lock: by whichever process opens it first)."""
-    name = ledger_name(exp)
-    with exclusive(settings.storage, f"study:{name}"):
+    with exclusive(settings.storage, ledger_lock(exp)):
         how = {"pruner": optuna.pruners.NopPruner(), "sampler": sampler_for(exp.seed, 0)}
-        if study_exists(storage, name):
+        name = ledger_name(exp, storage)
+        if name is not None:
             study = optuna.load_study(study_name=name, storage=storage, **how)
         else:
             study = optuna.create_study(
-                study_name=name, storage=storage, direction="minimize", **how
+                study_name=new_ledger_name(exp, storage),
+                storage=storage,
+                direction="minimize",
+                **how,
             )
+            study.set_user_attr(DESIGN_ATTR, ablation_key(exp))
         queue_retries(study)  # a retry queued before the units counted as missing
         count = len(ablation_steps(exp))
         for index in missing_steps(study.get_trials(deepcopy=False), count):
@@ -338,7 +378,7 @@ class ArmWork:
         tuning = arm_tuning(self.exp, arm)
         if not tuning.space:
             return {}, 0.0
-        name = tuning_name(self.exp, arm)
+        name = tuning_name(share.study.study_name, self.exp, arm)
         with exclusive(
             self.settings.storage,
             f"tuning:{name}",
@@ -347,6 +387,7 @@ class ArmWork:
             apart=True,
         ):
             return tune_arm(
+                name,
                 self.exp,
                 arm,
                 tuning.space,
@@ -373,10 +414,10 @@ def split_chosen(
 
 
 def chosen_strengths(
-    exp: Experiment, storage: optuna.storages.BaseStorage
+    exp: Experiment, storage: optuna.storages.BaseStorage, ledger: str
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Every arm's strengths and nuisance values, read from its tuning study's best trial
-    (arms whose tuning has not finished are left out)."""
+    (arms whose tuning has not finished are left out); `ledger` names the design's ledger."""
     assert exp.ablation is not None
     strengths: dict[str, dict[str, Any]] = {}
     nuisance: dict[str, dict[str, Any]] = {}
@@ -384,7 +425,7 @@ def chosen_strengths(
         tuning = arm_tuning(exp, arm)
         chosen: dict[str, Any] = {}
         if tuning.space:
-            name = tuning_name(exp, arm)
+            name = tuning_name(ledger, exp, arm)
             if not study_exists(storage, name):
                 continue
             study = optuna.load_study(study_name=name, storage=storage)
@@ -427,8 +468,8 @@ def finish_ablation(
     """Close the ablation's parent run with the strengths its tunings settled on: FINISHED once
     every unit is done (whoever gets there first: the last worker, or the launching command;
     once), or `status` (KILLED, FAILED) now. The strengths, as far as they are known."""
-    strengths, _ = chosen_strengths(exp, storage)
-    with exclusive(settings.storage, f"study:{study.study_name}"):
+    strengths, _ = chosen_strengths(exp, storage, study.study_name)
+    with exclusive(settings.storage, ledger_lock(exp)):
         if status == "FINISHED" and counted_trials(study) < len(ablation_steps(exp)):
             return strengths
         if tracker.run_states("ablation").get(parent_id) != "RUNNING":
@@ -482,7 +523,7 @@ def run_ablation(exp: Experiment, settings: Settings, workers: int = 1) -> Ablat
                 f"ablation of {exp.name}: {counted_trials(share.study)} of {total} units done "
                 "(the rest run on other machines, or failed): run it again to finish it"
             )
-    strengths, nuisance = chosen_strengths(exp, share.storage)
+    strengths, nuisance = chosen_strengths(exp, share.storage, share.study.study_name)
     after = set(finished_arm_runs(tracker, key))
     return AblationSummary(
         parent.run_id,
@@ -495,6 +536,7 @@ def run_ablation(exp: Experiment, settings: Settings, workers: int = 1) -> Ablat
 
 
 def tune_arm(
+    name: str,
     exp: Experiment,
     arm: str,
     space: dict[str, SearchRange],
@@ -505,13 +547,12 @@ def tune_arm(
     data: Callable[[int], Splits],
     trials: int,
 ) -> tuple[dict[str, Any], float]:
-    """Best config values for `space` (`trials` Optuna trials) on the tuning seed's validation
-    loss, the knobs in `given` held at their given strengths, and that loss (resumable: the
-    caller holds the arm's tuning lock, so a trial left RUNNING is a dead tuner's, failed here
-    and queued again with the same parameters)."""
+    """Best config values for `space` (`trials` Optuna trials of the tuning study `name`) on the
+    tuning seed's validation loss, the knobs in `given` held at their given strengths, and that
+    loss (resumable: the caller holds the arm's tuning lock, so a trial left RUNNING is a dead
+    tuner's, failed here and queued again with the same parameters)."""
     assert exp.ablation is not None
     seed = exp.ablation.tuning_seed_used
-    name = tuning_name(exp, arm)
     if study_exists(storage, name):  # loaded: a journal records every create call
         study = optuna.load_study(study_name=name, storage=storage)
     else:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 
+import optuna
 from mlflow import MlflowClient
 
 from studylib.config import ARMS, Experiment
+from studylib.names import DESIGN_ATTR
 from studylib.report import write_report
-from studylib.sweep.ablation import arm_values, run_ablation
+from studylib.sweep.ablation import (
+    ablation_key,
+    ablation_steps,
+    arm_values,
+    legacy_ledger_name,
+    open_ledger,
+    run_ablation,
+    tuning_name,
+)
+from studylib.sweep.loops import open_storage
 
 
 def test_arm_values_switch_on_one_regularizer_at_a_time():
@@ -176,3 +187,29 @@ def test_per_arm_budget_gives_every_tuning_arm_the_same_trials(tiny, settings):
     for r in tunes:
         counts[r.data.tags["studylib.arm"]] = counts.get(r.data.tags["studylib.arm"], 0) + 1
     assert counts == {"early_stopping": 2, "all": 2}
+
+
+def test_ledgers_have_readable_names_one_per_design_and_old_names_resume(tiny_ablation, settings):
+    storage = open_storage(settings)
+    first = open_ledger(tiny_ablation, settings, storage)
+    assert first.study_name == "tiny.ablation"
+    assert first.user_attrs[DESIGN_ATTR] == ablation_key(tiny_ablation)
+    assert tuning_name(first.study_name, tiny_ablation, "l2") == "tiny.ablation.l2"
+    edited = tiny_ablation.with_values({"ablation.seeds": [0, 1, 2]})
+    second = open_ledger(edited, settings, storage)
+    assert second.study_name == "tiny.ablation-2"
+    assert tuning_name(second.study_name, edited, "l2") == "tiny.ablation-2.l2"
+    # Each design finds its own ledger again, its units queued once.
+    again = open_ledger(tiny_ablation, settings, storage)
+    assert again.study_name == "tiny.ablation"
+    assert len(again.trials) == len(ablation_steps(tiny_ablation))
+    assert len(open_ledger(edited, settings, storage).trials) == len(ablation_steps(edited))
+    assert [s.study_name for s in storage.get_all_studies()] == ["tiny.ablation", "tiny.ablation-2"]
+
+    # A ledger made before names were readable is resumed under its old name.
+    old = tiny_ablation.with_values({"name": "old"})
+    legacy = legacy_ledger_name(old)
+    assert legacy == f"old.ablation.{ablation_key(old)}"
+    optuna.create_study(study_name=legacy, storage=storage)
+    assert open_ledger(old, settings, storage).study_name == legacy
+    assert tuning_name(legacy, old, "l2") == f"old.ablation.l2.{ablation_key(old)}"

@@ -19,9 +19,7 @@ from studylib.sweep import ablation, workers
 from studylib.sweep.ablation import (
     ablation_steps,
     arm_tuning,
-    ledger_name,
     run_ablation,
-    tuning_name,
 )
 from studylib.sweep.storage import make_storage
 from studylib.sweep.study import counted_trials
@@ -72,14 +70,14 @@ def test_two_workers_run_the_same_ablation_as_one(
         summary = run_ablation(exp, settings, workers=count)
         assert summary.runs_done == len(ARMS) * 2 and summary.runs_skipped == 0
         storage = make_storage(settings.storage)
-        ledger = optuna.load_study(study_name=ledger_name(exp), storage=storage)
+        ledger = optuna.load_study(study_name=f"{exp.name}.ablation", storage=storage)
         steps = ablation_steps(exp)
         assert counted_trials(ledger) == len(steps) == len(ledger.trials)
         assert {t.state for t in ledger.trials} == {optuna.trial.TrialState.COMPLETE}
         pids = {t.user_attrs[OWNER_ATTR]["pid"] for t in ledger.trials}
         assert len(pids) == count  # every process ran units
         for arm in ("l2", "all"):  # each tuning study holds exactly its budget
-            tuning = optuna.load_study(study_name=tuning_name(exp, arm), storage=storage)
+            tuning = optuna.load_study(study_name=f"{exp.name}.ablation.{arm}", storage=storage)
             budget = arm_tuning(exp, arm).budget
             assert len(tuning.trials) == budget == counted_trials(tuning)
         figures = arm_figures(settings.tracking_uri)
@@ -127,7 +125,9 @@ def test_kill9_of_a_worker_mid_ablation_then_resume(tmp_path):
         if not (tmp_path / "optuna.journal").exists():
             return None
         try:
-            ledger = optuna.load_study(study_name=ledger_name(exp), storage=make_storage(storage))
+            ledger = optuna.load_study(
+                study_name=f"{exp.name}.ablation", storage=make_storage(storage)
+            )
         except KeyError:
             return None
         return next(
@@ -148,7 +148,7 @@ def test_kill9_of_a_worker_mid_ablation_then_resume(tmp_path):
     assert "0 runs (6 already done" in again.stdout(), again.stdout()
 
     optuna_storage = make_storage(storage)
-    ledger = optuna.load_study(study_name=ledger_name(exp), storage=optuna_storage)
+    ledger = optuna.load_study(study_name=f"{exp.name}.ablation", storage=optuna_storage)
     steps = ablation_steps(exp)
     assert counted_trials(ledger) == len(steps)
     states = [t.state for t in ledger.trials]
@@ -157,7 +157,7 @@ def test_kill9_of_a_worker_mid_ablation_then_resume(tmp_path):
     assert [t.number for t in killed] == [victim.number]
     assert killed[0].user_attrs[FAILURE_ATTR] == "killed"
     for arm in ("baseline", "l2", "all"):
-        tuning = optuna.load_study(study_name=tuning_name(exp, arm), storage=optuna_storage)
+        tuning = optuna.load_study(study_name=f"{exp.name}.ablation.{arm}", storage=optuna_storage)
         assert counted_trials(tuning) == arm_tuning(exp, arm).budget
         assert all(t.state != optuna.trial.TrialState.RUNNING for t in tuning.trials)
 
@@ -195,7 +195,9 @@ def test_a_unit_that_crashed_is_queued_again_by_the_next_invocation(
     monkeypatch.setattr(ablation, "run_trial", real)
     summary = run_ablation(exp, settings)
     assert (summary.runs_done, summary.runs_skipped) == (1, 1)
-    ledger = optuna.load_study(study_name=ledger_name(exp), storage=make_storage(settings.storage))
+    ledger = optuna.load_study(
+        study_name=f"{exp.name}.ablation", storage=make_storage(settings.storage)
+    )
     assert counted_trials(ledger) == len(ablation_steps(exp)) == 3
     failed = [t for t in ledger.trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.user_attrs[FAILURE_ATTR] for t in failed] == ["crashed"]

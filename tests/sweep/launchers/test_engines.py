@@ -42,7 +42,7 @@ from studylib.names import (
     RUN_ID_ATTR,
     STRENGTHS_TAG,
 )
-from studylib.sweep.ablation import ablation_steps, arm_tuning, ledger_name, tuning_name
+from studylib.sweep.ablation import ablation_steps, arm_tuning
 from studylib.sweep.owners import JobOwner, slurm_task_states
 from studylib.sweep.recovery import close_dead_sweeps
 from studylib.tracking import Tracker
@@ -201,12 +201,12 @@ def check_complete_ablation(stack: Stack, proc: faults.Proc, path: Path) -> None
     run FINISHED, its parent run FINISHED with the strengths."""
     exp = load_experiment(path)
     steps = ablation_steps(exp)
-    units = faults.trials_of(stack.storage, ledger_name(exp))
+    units = faults.trials_of(stack.storage, f"{exp.name}.ablation")
     assert len(units) == len(steps) and all(t.state == TrialState.COMPLETE for t in units)
     tuned = [arm for arm in exp.ablation.arms if arm_tuning(exp, arm).space]
     assert tuned == ["l2", "all"]
     for arm in tuned:
-        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        tuning = faults.trials_of(stack.storage, f"{exp.name}.ablation.{arm}")
         assert len(tuning) == arm_tuning(exp, arm).budget
         assert all(t.state == TrialState.COMPLETE for t in tuning)
     arms = runs_of(stack, "arm")
@@ -501,7 +501,7 @@ def test_ray_worker_killed_mid_ablation_loses_nothing(ray_installed, stack):
     proc = launch(stack, path, "--launcher", "ray", "--jobs", "2")
 
     def a_unit_in_progress():
-        for t in faults.trials_of(stack.storage, ledger_name(exp)):
+        for t in faults.trials_of(stack.storage, f"{exp.name}.ablation"):
             if t.state == TrialState.RUNNING and OWNER_ATTR in t.user_attrs:
                 return t
         return None
@@ -510,14 +510,14 @@ def test_ray_worker_killed_mid_ablation_loses_nothing(ray_installed, stack):
     time.sleep(1.0)  # into its training
     os.kill(victim.user_attrs[OWNER_ATTR]["pid"], signal.SIGKILL)
     assert proc.wait(900) == 0, proc.stderr()[-3000:]
-    units = faults.trials_of(stack.storage, ledger_name(exp))
+    units = faults.trials_of(stack.storage, f"{exp.name}.ablation")
     assert faults.counted(units) == len(ablation_steps(exp))
     assert not [t for t in units if t.state == TrialState.RUNNING]
     failed = [t for t in units if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [victim.number]
     assert failed[0].user_attrs[FAILURE_ATTR] == "killed"
     for arm in ("l2", "all"):
-        tuning = faults.trials_of(stack.storage, tuning_name(exp, arm))
+        tuning = faults.trials_of(stack.storage, f"{exp.name}.ablation.{arm}")
         assert faults.counted(tuning) == arm_tuning(exp, arm).budget
         assert not [t for t in tuning if t.state == TrialState.RUNNING]
     client = MlflowClient(stack.server_url)
