@@ -181,7 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
         "regularization did, paired differences against the baseline with verdicts, then the "
         "sweep and ablation figures, with links into the MLflow UI. Everything is read back "
         "from the tracking store; each study's report is also attached to its newest sweep run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     report.add_argument(
         "--experiment",
@@ -191,12 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--group", help="only this study group's side-by-side report (and its members')"
     )
-    report.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
+    report.add_argument(
+        "--out", type=Path, default=Path("reports"), help="output folder (default reports)"
+    )
     report.add_argument(
         "--storage",
         default=DEFAULTS.storage,
         help="the Optuna storage the sweeps used: the report lists every trial it holds, "
-        "those without an MLflow run too (skipped if absent)",
+        f"those without an MLflow run too (skipped if absent; default {DEFAULTS.storage})",
     )
     report.add_argument(
         "--no-attach",

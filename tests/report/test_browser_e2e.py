@@ -17,24 +17,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from bench.browser import CHROMIUM, chromium, dom_showing, screenshots, serve_ui
 from studylib.names import UI_PORT
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = next(
-    (shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None
-)
 if CHROMIUM is None and os.environ.get("STUDYLIB_REQUIRE_BROWSER"):
     raise RuntimeError(
         "STUDYLIB_REQUIRE_BROWSER is set but chromium is missing: make setup-browser"
@@ -77,41 +69,6 @@ PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
 }, 1500));</script></body>"""
 
 
-def chromium(url: str, profile: Path, *extra: str, budget: int = 15000) -> str:
-    out = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            f"--virtual-time-budget={budget}",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return out.stdout
-
-
-def dom_showing(url: str, profile: Path, wanted: str, tries: int = 3) -> str:
-    """The page's DOM once `wanted` is in it: MLflow's pages fetch their runs after first paint,
-    and on a loaded machine the virtual-time budget can end before the table is drawn."""
-    dom = ""
-    for attempt in range(tries):
-        dom = chromium(url, profile, "--dump-dom", budget=25000 * (attempt + 1))
-        if wanted in dom:
-            break
-    return dom
-
-
 def probe(page: Path, tmp: Path, port: int) -> dict:
     """Load a copy of `page` (beside it: its relative links still resolve) with the probe."""
     text = page.read_text().replace(f"127.0.0.1:{UI_PORT}", f"127.0.0.1:{port}")
@@ -126,40 +83,12 @@ def probe(page: Path, tmp: Path, port: int) -> dict:
     return json.loads(html.unescape(found[1]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(study_for_browser):
     """`studylib ui` over the study's store, on a free loopback port, stopped afterwards."""
     uri, _ = study_for_browser
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "studylib", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # mlflow server starts workers: stop the whole group
-    )
-    try:
-        first = server.stdout.readline()
-        assert first.startswith(f"open http://127.0.0.1:{port}"), first  # the URL comes first
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "studylib ui exited"
-                assert time.monotonic() < deadline, "the MLflow UI did not come up in 120 s"
-                time.sleep(1)
+    with serve_ui(uri) as port:
         yield port
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.fixture
@@ -233,22 +162,9 @@ def test_reports_and_mlflow_ui_in_chromium(study_for_browser, served, tmp_path):
 
     shots = os.environ.get("STUDYLIB_SCREENSHOTS")
     if shots:
-        folder = Path(shots)
-        folder.mkdir(parents=True, exist_ok=True)
-        size = "--window-size=1280,1000"
         report = landing.parent / "tiny" / "index.html"
-        chromium(
-            report.as_uri(),
-            tmp_path / "profile",
-            size,
-            f"--screenshot={folder / 'report-first-screen.png'}",
-        )
-        chromium(
-            runs_page,
-            tmp_path / "profile",
-            size,
-            f"--screenshot={folder / 'mlflow-experiment.png'}",
-        )
+        wanted = "trial 0: baseline (no regularization)"
+        screenshots(report, runs_page, Path(shots), tmp_path / "profile", wanted)
 
 
 def _has_plotly() -> bool:

@@ -43,8 +43,10 @@ def test_report_help_says_what_it_writes_and_its_defaults(capsys):
     assert main(["report", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "reports/index.html (the landing page: open it first)" in text
-    assert "output folder (default: reports)" in text
-    assert "(default: optuna.journal)" in text
+    assert "output folder (default reports)" in text
+    assert "default optuna.journal)" in text
+    assert "MLflow tracking URI (default sqlite:///mlflow.db)" in text
+    assert "(default: None)" not in text and "(default: True)" not in text  # no stray defaults
 
 
 def test_studylib_ui_lists_each_study_by_its_runs_address(tiny, settings, tmp_path):
