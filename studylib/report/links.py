@@ -53,7 +53,9 @@ def experiment_url(base: str, experiment_id: str, role: str | None = "trial") ->
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING}"
+    """The run page on its model-metrics tab (the curves): MLflow 3's run page routes each tab
+    (`overview`, `model-metrics`, `system-metrics`, `artifacts`) and opens on the overview."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{TRAINING}"
 
 
 def compare_url(base: str, experiment_ids: list[str], run_ids: list[str]) -> str:

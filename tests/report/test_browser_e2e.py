@@ -153,9 +153,14 @@ def test_reports_and_mlflow_ui_in_chromium(study_for_browser, served, tmp_path):
     dom = dom_showing(runs_page, tmp_path / "profile", "trial 0: baseline (no regularization)")
     assert "trial 0: baseline (no regularization)" in dom  # the runs table, named runs
     assert "No data available" not in dom  # not the traces overview
-    run_page = next(link for link in study["links"] if re.search(r"/runs/[0-9a-f]{32}\?", link))
-    dom = dom_showing(run_page, tmp_path / "profile", "studylib.role")
-    assert "studylib.role" in dom and "trial " in dom  # a run page with its tags
+    run_page = next(
+        link for link in study["links"] if re.search(r"/runs/[0-9a-f]{32}/model-metrics\?", link)
+    )
+    dom = dom_showing(run_page, tmp_path / "profile", "val/loss")
+    assert "val/loss" in dom and "trial " in dom  # the run page, on its curves
+    overview = run_page.replace("/model-metrics?", "/overview?")
+    dom = dom_showing(overview, tmp_path / "profile", "studylib.role")
+    assert "studylib.role" in dom  # its tags, one tab away
     compare = next(link for link in mlflow_links if "compare-runs" in link)
     dom = dom_showing(compare, tmp_path / "profile", "trial 0: baseline (no regularization)")
     assert "trial 0: baseline (no regularization)" in dom

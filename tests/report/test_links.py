@@ -24,7 +24,7 @@ def fragment_query(url: str) -> dict[str, list[str]]:
 def test_every_address_opens_the_model_training_side():
     base = "http://127.0.0.1:5000"
     run = links.run_url(base, "3", "abc")
-    assert run.startswith(f"{base}/#/experiments/3/runs/abc?")
+    assert run.startswith(f"{base}/#/experiments/3/runs/abc/model-metrics?")  # the curves tab
     experiment = links.experiment_url(base, "3")
     compare = links.compare_url(base, ["3", "3"], ["a", "b"])
     for url in (run, experiment, compare, links.home_url(base)):
