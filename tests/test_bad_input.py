@@ -465,14 +465,14 @@ OUT_OF_BOUNDS = [math.inf, -math.inf, math.nan, 10**12, 10**20, -5, 1e300, 2.5]
 
 
 @st.composite
-def malformed(draw) -> str:
-    """A whole experiment with one field out of its bounds, or corrupted as above."""
+def malformed(draw) -> tuple[str, str]:
+    """A whole experiment with one field out of its bounds (and that field's dotted name), or
+    corrupted as above (and the file's name: which field a corruption trips is not known)."""
     if draw(st.booleans()):
-        return draw(corrupted())
+        return draw(corrupted()), "exp.toml"
     path = draw(st.sampled_from(BOUNDED))
-    return to_toml(
-        with_value({**VALID, "name": "study"}, path, draw(st.sampled_from(OUT_OF_BOUNDS)))
-    )
+    value = draw(st.sampled_from(OUT_OF_BOUNDS))
+    return to_toml(with_value({**VALID, "name": "study"}, path, value)), ".".join(path)
 
 
 @settings(
@@ -481,14 +481,20 @@ def malformed(draw) -> str:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    st.one_of(malformed(), st.just(STUDY)),
+    st.one_of(malformed(), st.just((STUDY, ""))),
     st.lists(st.sampled_from(BAD_FLAGS + GOOD_FLAGS), max_size=2),
 )
 def test_cli_main_refuses_malformed_files_and_flags_without_touching_the_folder(
-    working_folder, text, flag_lists
+    working_folder, file_and_name, flag_lists
 ):
     """Hypothesis drives `cli.main` in-process: a malformed file, bad flags, or both, in a
-    folder holding a study; every one is refused in one line, the folder byte-identical."""
+    folder holding a study; every one is refused in one line that names the file's field (or
+    the file) or a bad flag, the folder byte-identical."""
+    text, named = file_and_name
     flags = [flag for flag_list in flag_lists for flag in flag_list]
-    assume(not is_valid(text.encode()) or any(f in BAD_FLAGS for f in flag_lists))
-    refused(working_folder, [*SWEEP, *flags], with_file(text))
+    bad_file = not is_valid(text.encode())
+    bad_flags = [flag_list[0] for flag_list in flag_lists if flag_list in BAD_FLAGS]
+    assume(bad_file or bad_flags)
+    line = refused(working_folder, [*SWEEP, *flags], with_file(text))
+    # Either may be refused first; the line names what it refused.
+    assert any(name in line for name in [*bad_flags, *([named] if bad_file else [])]), line

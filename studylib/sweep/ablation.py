@@ -553,10 +553,13 @@ def tune_arm(
     tuner's, failed here and queued again with the same parameters)."""
     assert exp.ablation is not None
     seed = exp.ablation.tuning_seed_used
+    # No pruner: a tuning trial reports no intermediate values (its outcome is the arm's whole
+    # run); the sampler is set below, seeded by the tuning seed and the trials so far.
+    how = {"pruner": optuna.pruners.NopPruner()}
     if study_exists(storage, name):  # loaded: a journal records every create call
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage, **how)
     else:
-        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize", **how)
     for note in fail_dead_tuning(study, storage, tracker, arm):
         say(note)
 
