@@ -1,6 +1,6 @@
 """Headless Chromium and `studylib ui` for the browser test and the README's screenshots.
 
-`python -m bench.browser <folder> [--study default] [--out docs]` shoots the first screen of
+`python -m bench.browser <folder> [--study mlp_mnist1d] [--out docs]` shoots the first screen of
 `<folder>/reports/<study>/index.html` and the MLflow runs page that report links to, served by
 `studylib ui` over `<folder>/mlflow.db` on a free loopback port, into `--out`.
 """
@@ -115,7 +115,7 @@ def screenshots(report: Path, runs_page: str, out: Path, profile: Path, wanted: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="where make sweep and make report ran")
-    parser.add_argument("--study", default="default")
+    parser.add_argument("--study", default="mlp_mnist1d", help="default.toml's study")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
     folder = args.folder.resolve()
@@ -124,7 +124,7 @@ def main() -> None:
         page = report.read_text()
         runs_page = next(
             link.replace(f"127.0.0.1:{UI_PORT}", f"127.0.0.1:{port}")
-            for link in re.findall(r'href="(http://127\.0\.0\.1:[^"]+)"', page)
+            for link in re.findall(r"href=[\"'](http://127\.0\.0\.1:[^\"']+)", page)
             if "searchFilter" in link
         ).replace("&amp;", "&")
         with tempfile.TemporaryDirectory() as profile:

@@ -338,6 +338,11 @@ class ArmWork:
             return value if math.isfinite(value) else 0.0
         strengths, nuisance = split_chosen(self.exp, step.arm, chosen)
         values = {**arm_values(step.arm, strengths), **nuisance, "seed": step.seed}
+        # Arms that train to the end replay (stop_epoch/patience) the patience the
+        # early-stopping arms stop with: the stopping-rule table speaks of that patience.
+        given = given_strengths(self.exp)
+        if "patience" in given:
+            values["train.patience"] = given["patience"]
         assert self.exp.ablation is not None
         return run_trial(
             self.exp.with_values(values),

@@ -72,6 +72,10 @@ def test_ablation_runs_every_arm_per_seed_and_resumes(tiny_ablation, settings):
     assert (l1["train.l1"], l1["train.l2"], l1["model.dropout"]) == ("0.001", "0.0", "0.0")
     assert l1["train.early_stopping"] == "False" and l1["seed"] == "0"
     assert by_cell[("early_stopping", "1")].data.params["train.early_stopping"] == "True"
+    # Every arm replays (stop_epoch/patience) the patience the early-stopping arm stops with
+    # (the ablation's, 1), not the experiment's train.patience (2).
+    assert {r.data.params["train.patience"] for r in runs} == {"1"}
+    assert by_cell[("baseline", "0")].data.params["train.early_stopping"] == "False"
     assert by_cell[("all", "1")].data.params["train.l2"] == str(summary.strengths["all"]["l2"])
     tunes = client.search_runs([exp.experiment_id], "tags.`studylib.role` = 'tune'")
     by_arm = {arm: [r for r in tunes if r.data.tags["studylib.arm"] == arm] for arm in ARMS}
