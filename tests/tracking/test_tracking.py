@@ -246,3 +246,20 @@ def test_params_are_those_the_data_set_reads(tiny):
     assert set(applicable_params(tiny)) - set(tiny.flat()) == set()
     off = effective_params(tiny.with_values({"train.l1": 0.0, "train.early_stopping": False}))
     assert off["effective.l1"] == 0.0 and off["effective.patience"] == "off"
+
+
+def test_system_metrics_are_sampled_into_the_run_while_the_block_runs(settings, monkeypatch):
+    # MLflow's own knobs: sample every 0.2 s and log each sample (default: every 10 s).
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    tracker = Tracker(settings.tracking_uri, "exp")
+    run = tracker.start_run("sweep", tags={})
+    with tracker.system_metrics(run.run_id):
+        time.sleep(1.5)
+    client = MlflowClient(settings.tracking_uri)
+    metrics = client.get_run(run.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        metrics
+    )
+    assert len(client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")) >= 2
+    assert metrics["system/system_memory_usage_megabytes"] > 0
