@@ -149,27 +149,37 @@ def test_reports_and_mlflow_ui_in_chromium(study_for_browser, served, tmp_path):
         assert study["charts"] >= 2  # the sweep scatter and its parallel coordinates
 
     # The MLflow UI, through the report's own links.
-    runs_page = next(link for link in mlflow_links if "searchFilter" in link)
-    dom = dom_showing(runs_page, tmp_path / "profile", "trial 0: baseline (no regularization)")
+    runs_page = min(  # the sweep's trials (a set has no order: pick it by what it shows)
+        link for link in mlflow_links if "searchFilter" in link and "'trial'" in unquote(link)
+    )
+    # A fresh browser profile per MLflow page, as a newcomer's: the UI keeps view state (the
+    # run page's chart layout, the compare view's choices) in the profile's local storage.
+    dom = dom_showing(runs_page, tmp_path / "p-runs", "trial 0: baseline (no regularization)")
     assert "trial 0: baseline (no regularization)" in dom  # the runs table, named runs
     assert "No data available" not in dom  # not the traces overview
     run_page = next(
         link for link in study["links"] if re.search(r"/runs/[0-9a-f]{32}/model-metrics\?", link)
     )
-    dom = dom_showing(run_page, tmp_path / "profile", "val/loss")
-    assert "val/loss" in dom and "trial " in dom  # the run page, on its curves
+    dom = dom_showing(run_page, tmp_path / "p-run", "Add chart")
+    # The run page on its model-metrics tab: a section of charts per metric prefix, "train (3)".
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+    assert re.search(r"\btrain \(\d+\)", text) and re.search(r"\bval \(\d+\)", text), text[-2000:]
+    assert "trial " in text
     overview = run_page.replace("/model-metrics?", "/overview?")
-    dom = dom_showing(overview, tmp_path / "profile", "studylib.role")
+    dom = dom_showing(overview, tmp_path / "p-overview", "studylib.role")
     assert "studylib.role" in dom  # its tags, one tab away
-    compare = next(link for link in mlflow_links if "compare-runs" in link)
-    dom = dom_showing(compare, tmp_path / "profile", "trial 0: baseline (no regularization)")
-    assert "trial 0: baseline (no regularization)" in dom
+    # "Compare baseline and best" (two runs), not an arms comparison: the shortest compare link
+    # (a set has no order, and picking the first one made this test flaky).
+    compare = min((link for link in mlflow_links if "compare-runs" in link), key=len)
+    dom = dom_showing(compare, tmp_path / "p-compare", "trial 0: baseline (no regularization)")
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+    assert "trial 0: baseline (no regularization)" in dom, text[-3000:]
 
     shots = os.environ.get("STUDYLIB_SCREENSHOTS")
     if shots:
         report = landing.parent / "tiny" / "index.html"
         wanted = "trial 0: baseline (no regularization)"
-        screenshots(report, runs_page, Path(shots), tmp_path / "profile", wanted)
+        screenshots(report, runs_page, Path(shots), tmp_path / "p-shots", wanted)
 
 
 def _has_plotly() -> bool:
